@@ -1,0 +1,3 @@
+from mlsys.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Shared serving and operations: server factory, settings, registry, monitoring."""

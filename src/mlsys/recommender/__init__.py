@@ -1,0 +1,1 @@
+"""Restaurant recommendation: click data, the RankNet model, training and serving."""

@@ -1,0 +1,1 @@
+"""Garment tagging: categories and pattern tags from one photo."""
