@@ -1,0 +1,99 @@
+"""Export the whole tagger (backbone + heads) to ONNX, then quantise it to INT8.
+
+The served artifact is one ONNX file that takes a normalised NCHW float batch and returns
+probabilities, so the API and `predict` need only ONNX Runtime and the shared preprocessing.
+INT8 uses static QDQ quantisation with per-channel weights, calibrated on real training
+images: for a convnet, static activation scales beat dynamic quantisation (which quantises
+activations on the fly per batch and leaves convolutions mostly in float), and EfficientNet-
+Lite's ReLU6 activations have the bounded ranges that make calibration easy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlsys.tagger.model import ExportWrapper, GarmentTagger
+
+INPUT_NAME = "image"
+OUTPUT_NAMES: tuple[str, str, str] = ("category", "tags", "colour")
+OPSET = 17
+
+
+def export_onnx(tagger: GarmentTagger, path: Path, size: int) -> Path:
+    """Trace the eval-mode tagger at `size` x `size` with a dynamic batch dimension."""
+    wrapper = ExportWrapper(tagger).eval()
+    dummy = torch.zeros(1, 3, size, size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        # The TorchScript exporter (dynamo=False) needs no onnxscript and folds batch norm
+        # into the convolutions, which is what quantisation wants to see.
+        torch.onnx.export(
+            wrapper,
+            (dummy,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return path
+
+
+class _Calibration:
+    """Feeds calibration batches to onnxruntime's calibrator (its CalibrationDataReader API)."""
+
+    def __init__(self, images: np.ndarray, batch_size: int = 16) -> None:
+        self._batches: Iterator[np.ndarray] = iter(
+            [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch, np.float32)}
+
+    def rewind(self) -> None:  # pragma: no cover - only some calibrators call it
+        pass
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> Path:
+    """Static QDQ INT8 (per-channel weights, MinMax activation ranges) from calibration images.
+
+    `calibration` is a normalised (N, 3, H, W) float array, a few hundred training images.
+    """
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    int8_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # Shape inference + graph optimisation first, as onnxruntime recommends for QDQ.
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(int8_path),
+            _Calibration(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    return int8_path
+
+
+def file_version(path: Path) -> str:
+    """Model version: the first 12 hex digits of the ONNX file's sha256."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
