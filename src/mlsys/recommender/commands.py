@@ -12,22 +12,30 @@ if TYPE_CHECKING:
 def add_commands(verbs: Verbs) -> None:
     p = verbs.add("generate", "clicks", _generate_clicks, "generate the click dataset")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--scale", choices=("tiny", "small", "full"), default="small",
-                   help="tiny: unit tests; small: 1/100 of the rows; full: the kit's sizes")
+    p.add_argument(
+        "--scale",
+        choices=("tiny", "small", "full"),
+        default="small",
+        help="tiny: unit tests; small: 1/100 of the rows; full: the kit's sizes",
+    )
     p.add_argument("--seed", type=int, default=7, help="7 reproduces the kit's feature tables")
     p.add_argument("--force", action="store_true", help="replace an existing dataset")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
 
     p = verbs.add("validate", "data", _validate_data, "validate a click dataset directory")
     p.add_argument("data_dir", metavar="DATA_DIR")
-    p.add_argument("--checksums", action="store_true",
-                   help="also verify every file's sha256 against manifest.json (reads all bytes)")
+    p.add_argument(
+        "--checksums",
+        action="store_true",
+        help="also verify every file's sha256 against manifest.json (reads all bytes)",
+    )
 
     p = verbs.add("report", "data", _report_data, "exploratory report of a click dataset")
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--out", default=None, help="output folder (default DATA_DIR/report)")
-    p.add_argument("--sample-rows", type=int, default=1_000_000,
-                   help="click rows sampled for the report")
+    p.add_argument(
+        "--sample-rows", type=int, default=1_000_000, help="click rows sampled for the report"
+    )
 
 
 def _generate_clicks(args: argparse.Namespace) -> int:
@@ -47,9 +55,13 @@ def _validate_data(args: argparse.Namespace) -> int:
 
     dataset = open_dataset(args.data_dir, verify_checksums=args.checksums)
     print(summary(dataset))
-    print("checksums: verified" if args.checksums and dataset.manifest else
-          "checksums: not verified (pass --checksums)" if dataset.manifest else
-          "no manifest.json: a kit-generated dataset, schema checked only")
+    print(
+        "checksums: verified"
+        if args.checksums and dataset.manifest
+        else "checksums: not verified (pass --checksums)"
+        if dataset.manifest
+        else "no manifest.json: a kit-generated dataset, schema checked only"
+    )
     return 0
 
 
@@ -85,5 +97,3 @@ def summary(dataset: object, seconds: float | None = None) -> str:
     if seconds is not None:
         lines.append(f"time         {seconds:.1f} s")
     return "\n".join(lines)
-
-

@@ -103,7 +103,9 @@ def open_parquet(path: Path, schema: dict[str, TypeCheck]) -> pq.ParquetFile:
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
-        raise DatasetError(path, f"not a readable parquet file (truncated or corrupt?): {exc}")
+        raise DatasetError(
+            path, f"not a readable parquet file (truncated or corrupt?): {exc}"
+        ) from exc
     arrow_schema = pf.schema_arrow
     for column, check in schema.items():
         idx = arrow_schema.get_field_index(column)
@@ -120,7 +122,7 @@ def read_columns(path: Path, pf: pq.ParquetFile, columns: list[str]) -> pa.Table
     try:
         return pf.read(columns=columns)
     except (pa.ArrowException, OSError) as exc:
-        raise DatasetError(path, f"cannot read columns {columns}: {exc}")
+        raise DatasetError(path, f"cannot read columns {columns}: {exc}") from exc
 
 
 def _column_range(pf: pq.ParquetFile, column: str) -> tuple[int, int] | None:
@@ -145,7 +147,9 @@ def _column_range(pf: pq.ParquetFile, column: str) -> tuple[int, int] | None:
 def check_range(path: Path, column: str, lo: int, hi: int, low: int, high: int) -> None:
     """Raise unless every value lies in [low, high)."""
     if lo < low or hi >= high:
-        raise DatasetError(path, f"values span [{lo}, {hi}], expected within [{low}, {high})", column)
+        raise DatasetError(
+            path, f"values span [{lo}, {hi}], expected within [{low}, {high})", column
+        )
 
 
 def _dense_ids(path: Path, pf: pq.ParquetFile, column: str) -> int:
@@ -232,7 +236,9 @@ class ClickDataset:
             out[:, j] = col.to_numpy()
         return out
 
-    def _matrix(self, path: Path, schema: dict[str, TypeCheck], columns: tuple[str, ...]) -> FloatMatrix:
+    def _matrix(
+        self, path: Path, schema: dict[str, TypeCheck], columns: tuple[str, ...]
+    ) -> FloatMatrix:
         pf = open_parquet(path, schema)
         out = np.empty((pf.metadata.num_rows, len(columns)), dtype=np.float32)
         for j, name in enumerate(columns):
@@ -268,7 +274,7 @@ class ClickDataset:
                     _check_batch(cf.path, clicks, "click", 2)
                     yield cf, users, rests, clicks.astype(np.float32)
             except (pa.ArrowException, OSError) as exc:
-                raise DatasetError(cf.path, f"cannot read rows: {exc}")
+                raise DatasetError(cf.path, f"cannot read rows: {exc}") from exc
 
 
 def _int64(path: Path, batch: pa.RecordBatch, column: str) -> IdArray:
@@ -306,7 +312,7 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
     try:
         manifest: dict[str, Any] = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise DatasetError(path, f"not valid JSON: {exc}")
+        raise DatasetError(path, f"not valid JSON: {exc}") from exc
     for key in ("scale", "seed", "generator_version", "files"):
         if key not in manifest:
             raise DatasetError(path, f"missing key {key!r}")

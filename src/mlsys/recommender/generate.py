@@ -101,8 +101,12 @@ def draw_entity_features(
     return out
 
 
-def _feature_table(id_name: str, features: npt.NDArray[np.float32], names: tuple[str, ...],
-                   extra: dict[str, npt.NDArray[np.float64]] | None = None) -> pa.Table:
+def _feature_table(
+    id_name: str,
+    features: npt.NDArray[np.float32],
+    names: tuple[str, ...],
+    extra: dict[str, npt.NDArray[np.float64]] | None = None,
+) -> pa.Table:
     columns: dict[str, Any] = {id_name: pa.array(np.arange(len(features), dtype=np.int64))}
     for key, values in (extra or {}).items():
         columns[key] = pa.array(values)
@@ -232,7 +236,11 @@ def _generate_into(
     click_rows = sizes.train_rows + sizes.test_rows
     total = sizes.users + sizes.restaurants + click_rows + sizes.requests
     bar = tqdm(
-        total=total, unit="row", unit_scale=True, desc=f"generate {scale}", disable=not progress,
+        total=total,
+        unit="row",
+        unit_scale=True,
+        desc=f"generate {scale}",
+        disable=not progress,
         smoothing=0.1,
     )
     files: dict[str, dict[str, Any]] = {}
@@ -247,8 +255,9 @@ def _generate_into(
     lat = rs.uniform(MIN_LAT, MAX_LAT, (sizes.restaurants, 1))[:, 0]
     lng = rs.uniform(MIN_LNG, MAX_LNG, (sizes.restaurants, 1))[:, 0]
     pq.write_table(
-        _feature_table("restaurant_id", restaurants, RESTAURANT_FEATURES,
-                       {"latitude": lat, "longitude": lng}),
+        _feature_table(
+            "restaurant_id", restaurants, RESTAURANT_FEATURES, {"latitude": lat, "longitude": lng}
+        ),
         root / RESTAURANTS_FILE,
     )
     bar.update(sizes.restaurants)
@@ -267,7 +276,9 @@ def _generate_into(
         with mp.get_context("fork").Pool(n_workers, initializer=_init_worker) as pool:
             for path, rows, size, digest in pool.imap_unordered(_write_click_file, tasks):
                 files[str(Path(path).relative_to(root))] = {
-                    "rows": rows, "bytes": size, "sha256": digest,
+                    "rows": rows,
+                    "bytes": size,
+                    "sha256": digest,
                 }
                 bar.update(rows)
     finally:

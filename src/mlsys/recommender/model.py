@@ -33,4 +33,5 @@ class RankNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # squeeze(-1), not squeeze(): a batch of one stays a 1-element vector.
-        return self.model(x).squeeze(-1)
+        out: torch.Tensor = self.model(x)
+        return out.squeeze(-1)
