@@ -101,19 +101,31 @@ def draw_entity_features(
     return out
 
 
-def _feature_table(
+def _write_feature_table(
+    path: Path,
     id_name: str,
     features: npt.NDArray[np.float32],
     names: tuple[str, ...],
     extra: dict[str, npt.NDArray[np.float64]] | None = None,
-) -> pa.Table:
-    columns: dict[str, Any] = {id_name: pa.array(np.arange(len(features), dtype=np.int64))}
-    for key, values in (extra or {}).items():
-        columns[key] = pa.array(values)
-    for j, name in enumerate(names):
-        # Stored as double (float32-rounded values), like the kit.
-        columns[name] = pa.array(features[:, j].astype(np.float64))
-    return pa.table(columns)
+) -> None:
+    """Write row group by row group: the double-precision copy never exists whole."""
+    writer: pq.ParquetWriter | None = None
+    try:
+        for start in range(0, len(features), FEATURE_CHUNK_ROWS):
+            stop = min(start + FEATURE_CHUNK_ROWS, len(features))
+            columns: dict[str, Any] = {id_name: np.arange(start, stop, dtype=np.int64)}
+            for key, values in (extra or {}).items():
+                columns[key] = values[start:stop]
+            for j, name in enumerate(names):
+                # Stored as double (float32-rounded values), like the kit.
+                columns[name] = features[start:stop, j].astype(np.float64)
+            table = pa.table(columns)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 # Worker state, inherited through fork so the feature tables are not pickled per task.
@@ -248,17 +260,18 @@ def _generate_into(
     # 1-2. Feature tables, exactly the kit's legacy draw order.
     rs = np.random.RandomState(seed)
     users = draw_entity_features(rs, sizes.users, len(USER_FEATURES), bar.update)
-    pq.write_table(_feature_table("user_id", users, USER_FEATURES), root / USERS_FILE)
+    _write_feature_table(root / USERS_FILE, "user_id", users, USER_FEATURES)
     users10 = np.ascontiguousarray(users[:, :10])
     del users
     restaurants = draw_entity_features(rs, sizes.restaurants, len(RESTAURANT_FEATURES))
     lat = rs.uniform(MIN_LAT, MAX_LAT, (sizes.restaurants, 1))[:, 0]
     lng = rs.uniform(MIN_LNG, MAX_LNG, (sizes.restaurants, 1))[:, 0]
-    pq.write_table(
-        _feature_table(
-            "restaurant_id", restaurants, RESTAURANT_FEATURES, {"latitude": lat, "longitude": lng}
-        ),
+    _write_feature_table(
         root / RESTAURANTS_FILE,
+        "restaurant_id",
+        restaurants,
+        RESTAURANT_FEATURES,
+        {"latitude": lat, "longitude": lng},
     )
     bar.update(sizes.restaurants)
 
