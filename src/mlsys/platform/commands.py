@@ -12,9 +12,92 @@ if TYPE_CHECKING:
 def add_commands(verbs: Verbs) -> None:
     demo = verbs.add_verb("demo", _demo)
     demo.add_argument("--workdir", default=".demo", help="where the demo writes (default .demo)")
+    _add_serving_commands(verbs)
 
 
 def _demo(args: argparse.Namespace) -> int:
     from mlsys.platform.demo import run_demo
 
     return run_demo(args.workdir)
+
+
+def _add_serving_commands(verbs: Verbs) -> None:
+    """`mlsys serve` (server.py) and `mlsys loadtest` (loadtest.py)."""
+    p = verbs.add_verb("serve", _serve)
+    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="model dir or model.pt")
+    p.add_argument("--redis", default="redis://127.0.0.1:6379/0", metavar="URL")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument(
+        "--tagger-model",
+        default=None,
+        metavar="DIR",
+        help="also serve POST /tag from this garment-tagger model dir",
+    )
+    p.add_argument(
+        "--redis-timeout",
+        type=float,
+        default=0.05,
+        metavar="SECONDS",
+        help="Redis connect/read timeout; past it a request gets 503",
+    )
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--no-access-log", action="store_true", help="no JSON line per request")
+
+    p = verbs.add_verb("loadtest", _loadtest)
+    p.add_argument("url", metavar="URL", help="the API base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--requests", required=True, metavar="PARQUET", help="requests.parquet")
+    p.add_argument("--rate", type=float, default=30.0, help="requests per second (open model)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds per run or sweep step")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds before a request fails")
+    p.add_argument("--out", default="perf_test/results", help="folder for JSON and PNG")
+    p.add_argument("--name", default=None, help="file stem (default loadtest-<rate>rps)")
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="raise the rate step by step; report the highest with p95<100ms, no errors",
+    )
+    p.add_argument(
+        "--rates",
+        default=None,
+        help="comma-separated sweep rates (default 50,100,200,300,400,500,...)",
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from mlsys.errors import MlsysError
+    from mlsys.platform.server import serve
+    from mlsys.platform.settings import Settings
+
+    model = Path(args.model)
+    if not (model / "model.pt").is_file() and not model.is_file():
+        raise MlsysError(f"{model}: no model.pt there (train one with `mlsys train ranknet`)")
+    if args.tagger_model and not Path(args.tagger_model).exists():
+        raise MlsysError(f"--tagger-model {args.tagger_model}: does not exist")
+    settings = Settings(
+        model_dir=str(model.resolve()),
+        redis_url=args.redis,
+        redis_timeout_s=args.redis_timeout,
+        max_body_bytes=args.max_body_bytes,
+        admin_token=os.environ.get("MLSYS_ADMIN_TOKEN") or None,
+        tagger_model_dir=args.tagger_model,
+        log_requests=not args.no_access_log,
+    )
+    workers = args.workers or os.cpu_count() or 1
+    print(
+        f"serving on http://{args.host}:{args.port} with {workers} workers "
+        f"(model {model}, redis {args.redis})",
+        flush=True,
+    )
+    serve(settings, host=args.host, port=args.port, workers=workers)
+    return 0
+
+
+def _loadtest(args: argparse.Namespace) -> int:
+    from mlsys.platform.loadtest import main
+
+    return main(args)

@@ -36,6 +36,8 @@ def add_commands(verbs: Verbs) -> None:
     p.add_argument(
         "--sample-rows", type=int, default=1_000_000, help="click rows sampled for the report"
     )
+    _add_feature_commands(verbs)
+    _add_train_commands(verbs)
 
 
 def _generate_clicks(args: argparse.Namespace) -> int:
@@ -97,3 +99,160 @@ def summary(dataset: object, seconds: float | None = None) -> str:
     if seconds is not None:
         lines.append(f"time         {seconds:.1f} s")
     return "\n".join(lines)
+
+
+def _add_feature_commands(verbs: Verbs) -> None:
+    """`mlsys features load|set|info`: the online feature store in Redis (see features.py)."""
+    p = verbs.add("features", "load", _features_load, "materialize the feature tables into Redis")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--redis", required=True, metavar="URL", help="e.g. redis://127.0.0.1:6379/0")
+    p.add_argument("--keep", type=int, default=1, help="namespaces kept after the switch")
+    p.add_argument("--batch", type=int, default=10_000, help="keys per MSET")
+
+    p = verbs.add("features", "set", _features_set, "update one user's or restaurant's features")
+    p.add_argument("entity", choices=("user", "restaurant"))
+    p.add_argument("entity_id", metavar="ID", type=int)
+    p.add_argument("--redis", required=True, metavar="URL")
+    p.add_argument("--features", default=None, help="comma-separated values (30 or 10)")
+    p.add_argument("--latitude", type=float, default=None, help="restaurants only")
+    p.add_argument("--longitude", type=float, default=None, help="restaurants only")
+
+    p = verbs.add("features", "info", _features_info, "show the current namespace's metadata")
+    p.add_argument("--redis", required=True, metavar="URL")
+
+
+def _redis(url: str) -> object:
+    from mlsys.recommender.features import connect
+
+    return connect(url, timeout_s=30.0)
+
+
+def _features_load(args: argparse.Namespace) -> int:
+    import redis
+
+    from mlsys.errors import MlsysError
+    from mlsys.recommender.features import materialize
+
+    client = _redis(args.redis)
+    try:
+        meta = materialize(args.data_dir, client, keep=args.keep, batch=args.batch)
+        memory = client.info("memory")  # type: ignore[attr-defined]
+    except redis.RedisError as exc:
+        raise MlsysError(f"redis at {args.redis}: {exc}") from exc
+    counts = meta["counts"]
+    print(
+        f"loaded {counts['users']:,} users and {counts['restaurants']:,} restaurants into "
+        f"namespace {meta['namespace']} in {meta['load_seconds']:.1f} s "
+        f"(read parquet {meta['read_seconds']:.1f} s); pointer switched"
+    )
+    if meta["pruned"]:
+        print(f"deleted old namespaces: {', '.join(meta['pruned'])}")
+    print(f"redis used_memory {memory['used_memory'] / 2**20:.1f} MiB")
+    return 0
+
+
+def _features_set(args: argparse.Namespace) -> int:
+    import redis
+
+    from mlsys.errors import MlsysError
+    from mlsys.recommender.features import set_restaurant, set_user
+
+    values = None
+    if args.features is not None:
+        try:
+            values = [float(v) for v in args.features.split(",")]
+        except ValueError as exc:
+            raise MlsysError(f"--features: {exc}") from exc
+    client = _redis(args.redis)
+    try:
+        if args.entity == "user":
+            if values is None or args.latitude is not None or args.longitude is not None:
+                raise MlsysError("a user update takes --features (30 values) and nothing else")
+            key = set_user(client, args.entity_id, values)
+        else:
+            key = set_restaurant(client, args.entity_id, values, args.latitude, args.longitude)
+    except redis.RedisError as exc:
+        raise MlsysError(f"redis at {args.redis}: {exc}") from exc
+    print(f"updated {key}")
+    return 0
+
+
+def _features_info(args: argparse.Namespace) -> int:
+    import json
+
+    import redis
+
+    from mlsys.errors import MlsysError
+    from mlsys.recommender.features import read_meta
+
+    try:
+        meta = read_meta(_redis(args.redis))
+    except redis.RedisError as exc:
+        raise MlsysError(f"redis at {args.redis}: {exc}") from exc
+    if meta is None:
+        raise MlsysError("the online store is empty: run `mlsys features load` first")
+    print(json.dumps(meta, indent=2))
+    return 0
+
+
+def _add_train_commands(verbs: Verbs) -> None:
+    """`mlsys train|evaluate ranknet` and `mlsys bench train` (issue 3: train out of core)."""
+    p = verbs.add("train", "ranknet", _train_ranknet, "train RankNet, streaming the click files")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model.pt, model.json, ...")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="init and shuffle seed")
+    p.add_argument("--no-shuffle", action="store_true", help="read rows in file order")
+    p.add_argument("--limit-rows", type=int, default=None, help="use the first N rows per epoch")
+    p.add_argument("--init-from", default=None, metavar="MODEL", help="warm start from an artifact")
+    p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint.pt")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = verbs.add("evaluate", "ranknet", _evaluate_ranknet, "evaluate a RankNet on the test split")
+    p.add_argument("model", metavar="MODEL_DIR", help="a model directory or a bare kit model.pt")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--out", default=None, help="output folder (default: next to the model)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--limit-rows", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _train_ranknet(args: argparse.Namespace) -> int:
+    from mlsys.recommender.train import TrainConfig, train
+
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        threads=args.threads,
+        shuffle=not args.no_shuffle,
+        limit_rows=args.limit_rows,
+    )
+    train(
+        args.data_dir,
+        args.out,
+        config,
+        init_from=args.init_from,
+        resume=args.resume,
+        progress=not args.no_progress,
+        evaluate_test=not args.no_eval,
+    )
+    return 0
+
+
+def _evaluate_ranknet(args: argparse.Namespace) -> int:
+    from mlsys.recommender.evaluate import evaluate, format_report
+
+    report = evaluate(
+        args.model,
+        args.data_dir,
+        out_dir=args.out,
+        threads=args.threads,
+        limit_rows=args.limit_rows,
+        progress=not args.no_progress,
+    )
+    print(format_report(report))
+    return 0

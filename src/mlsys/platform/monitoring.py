@@ -1,0 +1,115 @@
+"""Prometheus metrics and JSON logs shared by every route of the server.
+
+Several uvicorn workers serve the same port, and a scrape lands on one of them, so per-process
+counters would be wrong. We use prometheus_client's multiprocess mode: every worker writes its
+samples to mmap files in PROMETHEUS_MULTIPROC_DIR (set by `mlsys serve` to a fresh folder
+before the workers start) and `/metrics` merges all files. Without that variable (tests, one
+process) the default in-process registry is used. prometheus_client reads the variable when it
+is first imported, which is why this module must not be imported before `serve` sets it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+LATENCY_BUCKETS = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5,
+    1.0, 2.5,
+)  # fmt: skip
+
+REQUEST_LATENCY = Histogram(
+    "mlsys_http_request_duration_seconds",
+    "Time from request start to response end, by route template and status",
+    ("endpoint", "method", "status"),
+    buckets=LATENCY_BUCKETS,
+)
+FEATURE_FETCH = Histogram(
+    "mlsys_feature_fetch_seconds",
+    "One online-store round trip (pointer + user + candidates) per request",
+    buckets=(0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1),
+)
+CANDIDATES = Counter(
+    "mlsys_candidates_total",
+    "Candidate restaurants by outcome: requested, unknown (not in store), too_far, returned",
+    ("outcome",),
+)
+FEATURE_STORE_ERRORS = Counter(
+    "mlsys_feature_store_errors_total", "Requests answered 503 because Redis failed", ("kind",)
+)
+FEATURE_UPDATES = Counter(
+    "mlsys_feature_updates_total", "Admin single-entity feature updates", ("entity",)
+)
+MODEL_INFO = Gauge(
+    "mlsys_model_info",
+    "1 for the model version each domain serves",
+    ("domain", "version"),
+    multiprocess_mode="max",
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text: merged over all workers in multiprocess mode."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a dead worker's live gauges (counters and histograms stay summed)."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: what log shippers parse without configuration."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            payload.update(fields)
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+def setup_logging(level: int = logging.INFO) -> logging.Logger:
+    """Route the `mlsys` loggers to stderr as JSON lines (idempotent)."""
+    logger = logging.getLogger("mlsys")
+    if not any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return logger

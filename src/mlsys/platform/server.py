@@ -1,0 +1,279 @@
+"""The HTTP server: one Starlette app, domain routes plugged in, operations routes built in.
+
+`create_app(settings)` collects a `Component` from each configured domain:
+
+- `mlsys.recommender.api.component(settings)` when `settings.model_dir` is set
+  (POST /recommend/{user_id}, PUT /admin/features/...);
+- the garment tagger plugs in the same way: when `settings.tagger_model_dir` is set (CLI
+  `mlsys serve --tagger-model DIR`, env MLSYS_TAGGER_MODEL_DIR), `create_app` imports
+  `mlsys.tagger.api` and calls its `component(settings) -> Component` (e.g. POST /tag).
+
+A `Component` is its routes, its readiness checks (shown and enforced by /readyz) and what to
+close at shutdown. Everything else is here, once for all domains:
+
+- GET /healthz: the process is alive (no dependencies checked, so a slow Redis never gets a
+  healthy worker killed);
+- GET /readyz: every component's checks pass (Redis reachable, model loaded, features loaded);
+- GET /metrics: Prometheus text, merged over workers (see `monitoring`);
+- a pure-ASGI middleware that gives each request an id (X-Request-ID, echoed back), rejects
+  bodies over the limit with 413 before they are buffered (`Settings.max_body_bytes`, 1 MiB,
+  or a component's own `max_body_bytes` for its routes, e.g. 10 MB for photos), times the
+  request into the latency histogram by route template and status, and writes one JSON log
+  line.
+
+Workers: `serve()` runs uvicorn with N worker processes; each builds its own app (own Redis
+connection pool, own model copy) through `app_from_env`, reading `Settings` from the
+environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mlsys.platform.settings import Settings
+
+log = logging.getLogger("mlsys.server")
+access = logging.getLogger("mlsys.access")
+
+Check = Callable[[], str | None]  # None when ready, else why not
+
+
+@dataclass
+class Component:
+    """What a domain contributes to the server."""
+
+    name: str
+    routes: list[BaseRoute]
+    checks: dict[str, Check] = field(default_factory=dict)
+    close: Callable[[], None] | None = None
+    # Body limit for this component's routes (e.g. 10 MB for image uploads); None: the
+    # server-wide `Settings.max_body_bytes`.
+    max_body_bytes: int | None = None
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class RequestContext:
+    """Request id, body limit, latency metric and access log for every request (pure ASGI:
+    Starlette's BaseHTTPMiddleware would add a task and a queue per request)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        log_requests: bool,
+        body_limits: tuple[tuple[str, int], ...] = (),
+    ) -> None:
+        self.app = app
+        self.max_body = max_body_bytes
+        self.body_limits = body_limits  # (path prefix, limit), checked in order
+        self.log_requests = log_requests
+
+    def limit_for(self, path: str) -> int:
+        for prefix, limit in self.body_limits:
+            if path.startswith(prefix):
+                return limit
+        return self.max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from mlsys.platform.monitoring import REQUEST_LATENCY
+
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        fields: dict[str, Any] = {}
+        scope.setdefault("state", {})
+        scope["state"]["request_id"] = request_id
+        scope["state"]["log"] = fields
+        status = 500
+        started_response = False
+        max_body = self.limit_for(scope["path"])
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, started_response
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                started_response = True
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > max_body:
+                    raise BodyTooLarge
+            return message
+
+        try:
+            length = headers.get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > max_body:
+                raise BodyTooLarge
+            await self.app(scope, receive_limited, send_wrapper)
+        except BodyTooLarge:
+            if not started_response:
+                body = {
+                    "error": "payload_too_large",
+                    "field": "body",
+                    "message": f"request body exceeds {max_body} bytes",
+                }
+                await JSONResponse(body, status_code=413)(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("unhandled error", extra={"fields": {"request_id": request_id}})
+            if not started_response:
+                body = {"error": "internal_error", "request_id": request_id}
+                await JSONResponse(body, status_code=500)(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            REQUEST_LATENCY.labels(endpoint, scope["method"], str(status)).observe(elapsed)
+            if self.log_requests:
+                access.info(
+                    "request",
+                    extra={
+                        "fields": {
+                            "request_id": request_id,
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "endpoint": endpoint,
+                            "status": status,
+                            "duration_ms": round(elapsed * 1e3, 3),
+                            **fields,
+                        }
+                    },
+                )
+
+
+def _components(settings: Settings) -> list[Component]:
+    components = []
+    if settings.model_dir:
+        from mlsys.recommender.api import component as recommender
+
+        components.append(recommender(settings))
+    if settings.tagger_model_dir:
+        tagger = importlib.import_module("mlsys.tagger.api")
+        components.append(tagger.component(settings))
+    return components
+
+
+def create_app(settings: Settings, components: list[Component] | None = None) -> Starlette:
+    """Build the app; `components` overrides the domain discovery (tests)."""
+    from mlsys.platform.monitoring import render, setup_logging
+
+    setup_logging()
+    parts = _components(settings) if components is None else components
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "alive", "pid": os.getpid()})
+
+    async def readyz(request: Request) -> Response:
+        checks: dict[str, str] = {}
+        for part in parts:
+            for name, check in part.checks.items():
+                try:
+                    problem = check()
+                except Exception as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+                checks[f"{part.name}.{name}"] = "ok" if problem is None else problem
+        ready = bool(parts) and all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        body, content_type = render()
+        return Response(body, media_type=content_type)
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    for part in parts:
+        routes.extend(part.routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        for part in parts:
+            if part.close is not None:
+                part.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    body_limits = tuple(
+        (getattr(route, "path", "").split("{", 1)[0], part.max_body_bytes)
+        for part in parts
+        if part.max_body_bytes is not None
+        for route in part.routes
+    )
+    app.add_middleware(
+        RequestContext,
+        max_body_bytes=settings.max_body_bytes,
+        log_requests=settings.log_requests,
+        body_limits=body_limits,
+    )
+    return app
+
+
+def app_from_env() -> Starlette:
+    """uvicorn's factory in every worker process: settings come from MLSYS_* variables."""
+    return create_app(Settings.from_env())
+
+
+def serve(settings: Settings, host: str, port: int, workers: int) -> None:
+    """Run uvicorn with `workers` processes; blocks until interrupted."""
+    import uvicorn
+
+    os.environ.update(settings.to_env())
+    # One BLAS/torch thread per worker: requests are small, workers are the parallelism.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlsys-metrics-")
+    else:
+        folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+    uvicorn.run(
+        "mlsys.platform.server:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,
+        log_level="warning",
+        loop="uvloop",
+        http="httptools",
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=5,
+    )

@@ -1,0 +1,61 @@
+"""Server settings: plain values, carried to worker processes through environment variables.
+
+`uvicorn --workers N` starts each worker as a fresh interpreter that builds the app from an
+import string, so the only channel from `mlsys serve` to the workers is the environment. The
+same variables configure the container image (see Dockerfile / docker-compose.yml).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+
+from mlsys.errors import MlsysError
+
+PREFIX = "MLSYS_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: str | None = None  # recommender model dir or bare model.pt; None: no /recommend
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout_s: float = 0.05  # connect and read timeout: Redis down -> 503 within ~this
+    max_body_bytes: int = 1 << 20  # 10,000 candidate ids are ~120 KB of JSON
+    max_candidates: int = 10_000
+    admin_token: str | None = None  # None disables the admin feature-update endpoints
+    tagger_model_dir: str | None = None  # hook for the garment tagger's POST /tag
+    log_requests: bool = True  # one JSON line per request on stderr
+
+    def to_env(self) -> dict[str, str]:
+        """The variables `from_env` reads back; None values are left out."""
+        out: dict[str, str] = {}
+        for key, value in asdict(self).items():
+            if value is None:
+                continue
+            out[PREFIX + key.upper()] = (
+                ("1" if value else "0") if isinstance(value, bool) else str(value)
+            )
+        return out
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            kind = str(f.type)
+            try:
+                if "bool" in kind:
+                    values[f.name] = raw.lower() in ("1", "true", "yes", "on")
+                elif "int" in kind:
+                    values[f.name] = int(raw)
+                elif "float" in kind:
+                    values[f.name] = float(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError as exc:
+                raise MlsysError(f"{PREFIX}{f.name.upper()}={raw!r}: {exc}") from exc
+        return cls(**values)  # type: ignore[arg-type]

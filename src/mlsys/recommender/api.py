@@ -1,0 +1,289 @@
+"""HTTP routes of the recommender: POST /recommend/{user_id} and the admin feature updates.
+
+Request handling is: validate (422 naming the field) -> one Redis round trip
+(`features.OnlineStore.fetch`; 503 if Redis fails, 404 if the user is unknown) -> rank
+(`service.rank`) -> JSON. Nothing about users or restaurants is cached in the process, so an
+update written to Redis is what the next request reads.
+
+The Redis call is synchronous inside the async handler on purpose: one request's work is ~2 ms
+of CPU and a bounded (50 ms timeout) round trip, each worker process serves one request at a
+time, and the parallelism comes from worker processes (one per core). A thread pool or
+redis.asyncio would add per-request overhead without adding any CPU.
+
+Unknown candidate ids are skipped; their count is returned in the `X-Unknown-Candidates`
+header (the body stays exactly the spec's `{"restaurants": [...]}`), logged, and counted in
+/metrics.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import re
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mlsys.platform.server import Component
+from mlsys.platform.settings import Settings
+from mlsys.recommender.features import (
+    FeatureStoreError,
+    InvalidFeatures,
+    OnlineStore,
+    connect,
+    read_meta,
+)
+from mlsys.recommender.service import Query, load_model, rank
+
+INT64_MAX = (1 << 63) - 1
+_USER_ID = re.compile(r"^u?([0-9]{1,19})$")
+
+
+class InvalidRequest(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def invalid(exc: InvalidRequest) -> Response:
+    body = {"error": "invalid_request", "field": exc.field, "message": exc.message}
+    return JSONResponse(body, status_code=422)
+
+
+def parse_user_id(raw: str) -> int:
+    """`u000123` (the spec's example) and `123` (requests.parquet) are both user 123."""
+    m = _USER_ID.match(raw)
+    if m is None or int(m.group(1)) > INT64_MAX:
+        raise InvalidRequest("user_id", "must be an integer id like 123 or u000123")
+    return int(m.group(1))
+
+
+def _number(data: dict[str, Any], name: str, default: float | None) -> float:
+    value = data.get(name, default)
+    if value is None:
+        raise InvalidRequest(name, "is required")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(name, "must be a number")
+    if not math.isfinite(value):
+        raise InvalidRequest(name, "must be a finite number")
+    return float(value)
+
+
+def parse_query(user_id: int, body: bytes, max_candidates: int) -> Query:
+    """Validate a /recommend body; the error names the first offending field."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("body", f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("body", "must be a JSON object")
+
+    ids = data.get("candidate_restaurant_ids")
+    if ids is None:
+        raise InvalidRequest("candidate_restaurant_ids", "is required")
+    if not isinstance(ids, list):
+        raise InvalidRequest("candidate_restaurant_ids", "must be a list of integer ids")
+    if len(ids) > max_candidates:
+        raise InvalidRequest(
+            "candidate_restaurant_ids", f"has {len(ids)} ids, at most {max_candidates} allowed"
+        )
+    # type() of each id via map: C-level, and bool (a subclass of int) is rejected.
+    if ids and set(map(type, ids)) != {int}:
+        raise InvalidRequest("candidate_restaurant_ids", "must contain only integers")
+    if ids and (min(ids) < -INT64_MAX - 1 or max(ids) > INT64_MAX):
+        raise InvalidRequest("candidate_restaurant_ids", "ids must fit in 64 bits")
+
+    latitude = _number(data, "latitude", None)
+    if not -90.0 <= latitude <= 90.0:
+        raise InvalidRequest("latitude", "must be within [-90, 90]")
+    longitude = _number(data, "longitude", None)
+    if not -180.0 <= longitude <= 180.0:
+        raise InvalidRequest("longitude", "must be within [-180, 180]")
+
+    size = data.get("size", 20)
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise InvalidRequest("size", "must be an integer")
+    if size < 1:
+        raise InvalidRequest("size", "must be at least 1")
+    max_dist = _number(data, "max_dist", 5000.0)
+    if max_dist < 0:
+        raise InvalidRequest("max_dist", "must be >= 0 metres")
+    sort_dist = data.get("sort_dist", False)
+    if not isinstance(sort_dist, bool):
+        raise InvalidRequest("sort_dist", "must be true or false")
+    return Query(
+        user_id=user_id,
+        candidate_ids=ids,
+        latitude=latitude,
+        longitude=longitude,
+        size=size,
+        max_dist=max_dist,
+        sort_dist=sort_dist,
+    )
+
+
+def _unavailable(exc: Exception) -> Response:
+    from mlsys.platform.monitoring import FEATURE_STORE_ERRORS
+
+    FEATURE_STORE_ERRORS.labels(type(exc).__name__).inc()
+    body = {"error": "feature_store_unavailable", "message": f"{type(exc).__name__}: {exc}"}
+    return JSONResponse(body, status_code=503, headers={"retry-after": "1"})
+
+
+def component(settings: Settings) -> Component:
+    """Load the model once per worker; connect to Redis lazily (it may come up later)."""
+    import redis
+
+    from mlsys.platform.monitoring import (
+        CANDIDATES,
+        FEATURE_FETCH,
+        FEATURE_UPDATES,
+        MODEL_INFO,
+    )
+
+    assert settings.model_dir is not None
+    model = load_model(settings.model_dir)
+    MODEL_INFO.labels("recommender", model.version).set(1)
+    client = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    store = OnlineStore(client)
+    redis_errors = (redis.ConnectionError, redis.TimeoutError, FeatureStoreError)
+
+    async def recommend(request: Request) -> Response:
+        try:
+            user_id = parse_user_id(request.path_params["user_id"])
+            query = parse_query(user_id, await request.body(), settings.max_candidates)
+        except InvalidRequest as exc:
+            return invalid(exc)
+        log = request.scope["state"].get("log", {})
+        log["user_id"] = user_id
+        started = time.perf_counter()
+        try:
+            rows = store.fetch(user_id, query.candidate_ids)
+        except redis_errors as exc:
+            return _unavailable(exc)
+        FEATURE_FETCH.observe(time.perf_counter() - started)
+        if rows.user is None:
+            body = {"error": "unknown_user", "user_id": user_id, "message": "user not found"}
+            return JSONResponse(body, status_code=404)
+        ranking = rank(query, rows, model.scorer)
+        CANDIDATES.labels("requested").inc(ranking.candidates)
+        CANDIDATES.labels("unknown").inc(ranking.unknown)
+        CANDIDATES.labels("too_far").inc(ranking.too_far)
+        CANDIDATES.labels("returned").inc(len(ranking.ids))
+        log.update(
+            candidates=ranking.candidates,
+            unknown=ranking.unknown,
+            too_far=ranking.too_far,
+            returned=len(ranking.ids),
+            namespace=rows.namespace,
+        )
+        return Response(
+            ranking.to_json(),
+            media_type="application/json",
+            headers={"x-unknown-candidates": str(ranking.unknown)},
+        )
+
+    def authorized(request: Request) -> Response | None:
+        if not settings.admin_token:
+            return JSONResponse(
+                {"error": "admin_disabled", "message": "set MLSYS_ADMIN_TOKEN to enable"},
+                status_code=404,
+            )
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {settings.admin_token}".encode()):
+            return JSONResponse({"error": "unauthorized"}, status_code=401)
+        return None
+
+    async def admin_body(request: Request) -> dict[str, Any]:
+        try:
+            data = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidRequest("body", f"not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise InvalidRequest("body", "must be a JSON object")
+        features = data.get("features")
+        if features is not None and (
+            not isinstance(features, list)
+            or any(isinstance(v, bool) or not isinstance(v, int | float) for v in features)
+        ):
+            raise InvalidRequest("features", "must be a list of numbers")
+        return data
+
+    async def update_user(request: Request) -> Response:
+        from mlsys.recommender.features import set_user
+
+        denied = authorized(request)
+        if denied is not None:
+            return denied
+        try:
+            user_id = parse_user_id(request.path_params["user_id"])
+            data = await admin_body(request)
+            if data.get("features") is None:
+                raise InvalidRequest("features", "is required")
+            key = set_user(client, user_id, data["features"])
+        except InvalidRequest as exc:
+            return invalid(exc)
+        except InvalidFeatures as exc:
+            return invalid(InvalidRequest(exc.field, exc.message))
+        except redis_errors as exc:
+            return _unavailable(exc)
+        FEATURE_UPDATES.labels("user").inc()
+        return JSONResponse({"updated": key})
+
+    async def update_restaurant(request: Request) -> Response:
+        from mlsys.recommender.features import set_restaurant
+
+        denied = authorized(request)
+        if denied is not None:
+            return denied
+        try:
+            restaurant_id = parse_user_id(request.path_params["restaurant_id"])
+            data = await admin_body(request)
+            lat = None if data.get("latitude") is None else _number(data, "latitude", None)
+            lon = None if data.get("longitude") is None else _number(data, "longitude", None)
+            key = set_restaurant(client, restaurant_id, data.get("features"), lat, lon)
+        except InvalidRequest as exc:
+            return invalid(exc)
+        except InvalidFeatures as exc:
+            return invalid(InvalidRequest(exc.field, exc.message))
+        except redis_errors as exc:
+            return _unavailable(exc)
+        FEATURE_UPDATES.labels("restaurant").inc()
+        return JSONResponse({"updated": key})
+
+    def redis_check() -> str | None:
+        client.ping()
+        return None
+
+    def features_check() -> str | None:
+        meta = read_meta(client)
+        if meta is None:
+            return "no features loaded (run `mlsys features load`)"
+        return None
+
+    def close() -> None:
+        client.connection_pool.disconnect()
+
+    return Component(
+        name="recommender",
+        routes=[
+            Route("/recommend/{user_id}", recommend, methods=["POST"]),
+            Route("/admin/features/users/{user_id}", update_user, methods=["PUT"]),
+            Route(
+                "/admin/features/restaurants/{restaurant_id}",
+                update_restaurant,
+                methods=["PUT"],
+            ),
+        ],
+        checks={
+            "model": lambda: None,  # load_model above raised if it could not load
+            "redis": redis_check,
+            "features": features_check,
+        },
+        close=close,
+    )
