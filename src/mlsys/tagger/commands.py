@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 def add_commands(verbs: Verbs) -> None:
     """The tagger adds its commands here (generate garments, train/evaluate/predict tagger)."""
     add_generate_commands(verbs)
+    add_model_commands(verbs)
 
 
 # --- generate garments (the data half) -----------------------------------------------------
@@ -43,4 +44,85 @@ def _generate_garments(args: argparse.Namespace) -> int:
     print("tags         " + ", ".join(f"{t} {v:.1%}" for t, v in m["tag_share"].items()))
     print(f"ceiling      test top-1 {ceiling['expected_top1']:.4f}, "
           f"top-2 {ceiling['expected_top2']:.4f} (Bayes on the shape latents)")
+    return 0
+
+
+# --- train / evaluate / predict / bench tagger (the model half) ---------------------------
+
+
+def add_model_commands(verbs: Verbs) -> None:
+    p = verbs.add("train", "tagger", _train_tagger, "train the garment tagger (CPU, <= 30 min)")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="where the model goes")
+    p.add_argument("--quick", action="store_true", help="tiny config: 64 px, 2 epochs (smoke)")
+    p.add_argument("--size", type=int, default=None, help="input resolution (default 160)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--views", type=int, default=None, help="cached views per image")
+    p.add_argument("--tune-from-block", type=int, default=None,
+                   help="fine-tune blocks from this index on (0-15); earlier ones are cached")
+    p.add_argument("--max-images", type=int, default=None, help="train on a subset")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+
+    p = verbs.add("evaluate", "tagger", _evaluate_tagger, "score the tagger on the test split")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--model", required=True, metavar="MODEL_DIR")
+    p.add_argument("--out", default=None, help="report folder (default MODEL_DIR/eval)")
+    p.add_argument("--variant", choices=("deployed", "fp32", "int8"), default="deployed")
+    p.add_argument("--no-corruptions", action="store_true", help="skip the robustness check")
+    p.add_argument("--no-baseline", action="store_true", help="skip the raw-pixel baseline")
+
+    p = verbs.add("predict", "tagger", _predict_tagger, "predictions.parquet for test.parquet")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--model", required=True, metavar="MODEL_DIR")
+    p.add_argument("--out", default=None, help="file (default MODEL_DIR/predictions.parquet)")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="image folder (default DATA_DIR/images)")
+
+    p = verbs.add("bench", "tagger", _bench_tagger, "eager vs ONNX fp32 vs ONNX INT8 speed")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--model", required=True, metavar="MODEL_DIR")
+    p.add_argument("--images", type=int, default=512, help="test images used")
+    p.add_argument("--out", default=None, help="JSON file for the results")
+
+
+def _train_tagger(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from mlsys.tagger.train import QUICK, TrainConfig, train_tagger
+
+    cfg = QUICK if args.quick else TrainConfig()
+    overrides = {k: getattr(args, k) for k in ("size", "epochs", "views", "tune_from_block",
+                                                "max_images", "threads", "seed")}
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    train_tagger(args.data_dir, args.out, cfg)
+    return 0
+
+
+def _evaluate_tagger(args: argparse.Namespace) -> int:
+    from mlsys.tagger.evaluate import evaluate_tagger
+
+    evaluate_tagger(args.data_dir, args.model, args.out, variant=args.variant,
+                    corruptions=not args.no_corruptions, baseline=not args.no_baseline)
+    return 0
+
+
+def _predict_tagger(args: argparse.Namespace) -> int:
+    from mlsys.tagger.predict import predict_tagger
+
+    path = predict_tagger(args.data_dir, args.model, args.out, images_dir=args.images)
+    print(f"wrote {path}")
+    return 0
+
+
+def _bench_tagger(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from mlsys.tagger.bench import bench_tagger, load_test_images
+
+    images, labels = load_test_images(args.data_dir, args.model, args.images)
+    result = bench_tagger(args.model, images, labels)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
     return 0

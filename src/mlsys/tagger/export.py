@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +31,9 @@ def export_onnx(tagger: GarmentTagger, path: Path, size: int) -> Path:
     wrapper = ExportWrapper(tagger).eval()
     dummy = torch.zeros(1, 3, size, size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Padding sizes are traced as constants on purpose: the graph serves one input size.
+        warnings.simplefilter("ignore")
         # The TorchScript exporter (dynamo=False) needs no onnxscript and folds batch norm
         # into the convolutions, which is what quantisation wants to see.
         torch.onnx.export(
@@ -81,6 +84,12 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> 
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference + graph optimisation first, as onnxruntime recommends for QDQ.
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        import onnx
+
+        # The output softmax/sigmoid stay float: quantised to 1/255 steps, small category
+        # probabilities tie at 0 and the second-best category becomes arbitrary.
+        graph = onnx.load(str(prepared)).graph
+        keep_float = [n.name for n in graph.node if n.op_type in ("Softmax", "Sigmoid")]
         quantize_static(
             str(prepared),
             str(int8_path),
@@ -90,6 +99,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> 
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=keep_float,
         )
     return int8_path
 

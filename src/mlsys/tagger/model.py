@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlsys.tagger.schema import CATEGORIES, TAGS
+
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, Lite0.
 STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
     (1, 3, 1, 1, 32, 16),
@@ -36,9 +38,6 @@ FEATURE_DIM = 1280
 # TensorFlow's batch-norm defaults, which the converted weights were trained with.
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
-
-CATEGORIES: tuple[str, ...] = ("BLOUSES", "CASUAL_DRESSES", "MINI_DRESSES", "SHIRTS", "TANK_TOPS")
-TAGS: tuple[str, ...] = ("polka dot", "floral", "checker")
 
 
 def pretrained_weights_path() -> Path:

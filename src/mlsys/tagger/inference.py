@@ -1,0 +1,117 @@
+"""The deployed tagger: an ONNX Runtime session plus the metadata that gives its outputs meaning.
+
+`predict`, `evaluate`, the benchmark and `POST /tag` all go through `TaggerModel`, so the
+preprocessing, the thresholds and the category order can never drift between them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mlsys.errors import MlsysError
+from mlsys.tagger.preprocess import PreprocessConfig, to_array
+
+MODEL_JSON = "tagger.json"
+
+
+def make_session(path: Path, threads: int = 1) -> Any:
+    """A CPU session with a fixed thread count, so latency figures mean what they say."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+@dataclass(frozen=True)
+class Probabilities:
+    category: np.ndarray  # (N, 5)
+    tags: np.ndarray  # (N, 3)
+    colour: np.ndarray  # (N, n_colours)
+
+
+def load_meta(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / MODEL_JSON
+    if not path.is_file():
+        raise MlsysError(
+            f"{path}: missing; train a model first (mlsys train tagger DATA_DIR --out {model_dir})"
+        )
+    try:
+        meta: dict[str, Any] = json.loads(path.read_text())
+    except ValueError as exc:
+        raise MlsysError(f"{path}: not readable JSON ({exc})") from None
+    return meta
+
+
+class TaggerModel:
+    """Loads MODEL_DIR/tagger.json and the ONNX file it names (INT8 unless `variant="fp32"`)."""
+
+    def __init__(self, model_dir: str | Path, threads: int = 1, variant: str = "deployed") -> None:
+        self.model_dir = Path(model_dir)
+        self.meta = load_meta(model_dir)
+        key = {"deployed": "model_file", "fp32": "fp32_file", "int8": "int8_file"}.get(variant)
+        if key is None:
+            raise MlsysError(f"unknown model variant {variant!r} (deployed, fp32, int8)")
+        self.path = self.model_dir / self.meta[key]
+        if not self.path.is_file():
+            raise MlsysError(f"{self.path}: missing (named by {self.model_dir / MODEL_JSON})")
+        self.session = make_session(self.path, threads)
+        self.config = PreprocessConfig(**self.meta["preprocessing"])
+        self.categories: list[str] = list(self.meta["categories"])
+        self.tags: list[str] = list(self.meta["tags"])
+        self.colours: list[str] = list(self.meta["colours"])
+        self.thresholds = np.array([self.meta["thresholds"][t] for t in self.tags], np.float32)
+        self.version: str = str(self.meta["version"])
+        self.input_name: str = self.session.get_inputs()[0].name
+
+    def run(self, batch: np.ndarray) -> Probabilities:
+        """Normalised (N, 3, size, size) float32 -> probabilities."""
+        cat, tags, col = self.session.run(
+            None, {self.input_name: np.ascontiguousarray(batch, np.float32)}
+        )
+        return Probabilities(np.asarray(cat), np.asarray(tags), np.asarray(col))
+
+    def prepare(self, img: Image.Image) -> np.ndarray:
+        return to_array(img, self.config)
+
+    def predict_images(self, images: list[Image.Image]) -> Probabilities:
+        return self.run(np.stack([self.prepare(im) for im in images]))
+
+    def decisions(self, tag_probs: np.ndarray) -> np.ndarray:
+        return (tag_probs >= self.thresholds).astype(np.int64)
+
+    def describe(self, probs: Probabilities, row: int = 0) -> dict[str, Any]:
+        """One item's answer as the API returns it: top-2 categories, every tag, the colour."""
+        cat = probs.category[row]
+        top = np.argsort(-cat)[:2]
+        tag_p = probs.tags[row]
+        decided = self.decisions(tag_p[None, :])[0]
+        col = probs.colour[row]
+        return {
+            "categories": [
+                {"category": self.categories[i], "probability": round(float(cat[i]), 6)}
+                for i in top
+            ],
+            "tags": {
+                name: {
+                    "probability": round(float(tag_p[j]), 6),
+                    "present": bool(decided[j]),
+                    "threshold": round(float(self.thresholds[j]), 6),
+                }
+                for j, name in enumerate(self.tags)
+            },
+            "colour": {
+                "color1": self.colours[int(np.argmax(col))],
+                "probability": round(float(col.max()), 6),
+            },
+            "model_version": self.version,
+        }

@@ -1,0 +1,475 @@
+"""Train the garment tagger within a 2-core CPU budget, then export what gets served.
+
+Full fine-tuning is out of reach here (a forward pass alone is ~14 ms per 160 px image on one
+core, and training triples it), so training is split where the network's cost is:
+
+1. Cache. The first `tune_from_block` blocks stay at their ImageNet weights. Each training image
+   is decoded once and pushed through that frozen prefix in `views` versions (one clean, the
+   rest randomly augmented); the activations are kept in memory as float16. That is one pass,
+   paid once, instead of one per epoch.
+2. Fine-tune. The remaining blocks, the 1x1 head convolution and the three heads train on the
+   cached activations for a few epochs, each epoch drawing one random view per image. Early
+   stopping watches the validation loss and keeps the best weights.
+3. Thresholds. Each pattern tag gets the probability threshold that maximises its F1 on the
+   validation split, measured with the model that is actually deployed.
+4. Export. The whole network goes to ONNX, is quantised to INT8 with training images as
+   calibration, and INT8 is deployed only if its validation top-1 stays within 1 point of fp32.
+
+Everything a server needs (file name, version, vocabularies, thresholds, preprocessing) goes
+into MODEL_DIR/tagger.json next to the ONNX files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mlsys.errors import MlsysError
+from mlsys.tagger import metrics as M
+from mlsys.tagger.augment import augment
+from mlsys.tagger.export import export_onnx, file_version, quantize_int8
+from mlsys.tagger.model import NUM_BLOCKS, GarmentTagger, build_tagger
+from mlsys.tagger.preprocess import PreprocessConfig, load_image, to_array
+from mlsys.tagger.schema import CATEGORIES, COLORS, TAGS, GarmentDataset, open_garments
+
+MODEL_JSON = "tagger.json"
+TORCH_FILE = "tagger.pt"
+FP32_FILE = "tagger_fp32.onnx"
+INT8_FILE = "tagger_int8.onnx"
+
+
+@dataclass
+class TrainConfig:
+    """The default is what `mlsys train tagger` runs; see docs/tagger-report.md for why."""
+
+    size: int = 160
+    tune_from_block: int = 11  # blocks [0, 11) frozen and cached; [11, 16) + head trained
+    views: int = 3  # cached versions of each training image: 1 clean + 2 augmented
+    epochs: int = 14
+    patience: int = 3
+    batch_size: int = 64
+    lr: float = 2e-3  # heads
+    backbone_lr: float = 5e-4  # the fine-tuned blocks
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.1
+    colour_weight: float = 0.3
+    label_smoothing: float = 0.05
+    calibration_images: int = 256
+    int8_tolerance: float = 0.01  # deploy INT8 if val top-1 drops by at most this
+    seed: int = 0
+    threads: int = 2
+    max_images: int | None = None  # train on a subset (tests, quick runs)
+    time_budget_s: float = 28 * 60.0  # stop adding epochs when the next one would overrun
+    mean: tuple[float, float, float] = (127.0 / 255, 127.0 / 255, 127.0 / 255)
+    std: tuple[float, float, float] = (128.0 / 255, 128.0 / 255, 128.0 / 255)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig(size=self.size, mean=self.mean, std=self.std)
+
+
+# A few seconds end to end on a few dozen images: for tests and smoke runs.
+QUICK = TrainConfig(
+    size=64, tune_from_block=14, views=2, epochs=2, patience=1, batch_size=16,
+    calibration_images=16, val_fraction=0.25, time_budget_s=600.0,
+)  # fmt: skip
+
+
+@dataclass
+class Labelled:
+    """Labels of one split as arrays, aligned with `uuids`."""
+
+    uuids: list[str]
+    category: np.ndarray  # (N,) int64 index into CATEGORIES
+    tags: np.ndarray  # (N, 3) float32 0/1
+    colour: np.ndarray  # (N,) int64 index into COLORS
+
+    def subset(self, idx: np.ndarray) -> Labelled:
+        return Labelled(
+            [self.uuids[i] for i in idx], self.category[idx], self.tags[idx], self.colour[idx]
+        )
+
+    def __len__(self) -> int:
+        return len(self.uuids)
+
+
+def labelled(table: Any) -> Labelled:
+    """data.parquet / test_labels.parquet -> index arrays (the schema was checked on open)."""
+    cat_index = {c: i for i, c in enumerate(CATEGORIES)}
+    col_index = {c: i for i, c in enumerate(COLORS)}
+    return Labelled(
+        uuids=[str(u) for u in table.column("uuid").to_pylist()],
+        category=np.array([cat_index[c] for c in table.column("cc3").to_pylist()], np.int64),
+        tags=np.stack([np.asarray(table.column(t).to_pylist(), np.float32) for t in TAGS], 1),
+        colour=np.array([col_index[c] for c in table.column("color1").to_pylist()], np.int64),
+    )
+
+
+def stratified_split(
+    labels: Labelled, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out `val_fraction` of every category (and of every tag pattern within it)."""
+    rng = np.random.default_rng(seed)
+    strata = labels.category * 8 + (labels.tags @ np.array([1, 2, 4], np.float32)).astype(np.int64)
+    train, val = [], []
+    for s in np.unique(strata):
+        idx = rng.permutation(np.flatnonzero(strata == s))
+        n_val = round(len(idx) * val_fraction)
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+class _Views(torch.utils.data.Dataset[tuple[int, torch.Tensor]]):
+    """Decodes an image once and returns its clean view plus `views - 1` augmented ones."""
+
+    def __init__(
+        self, data: GarmentDataset, uuids: list[str], views: int, pre: PreprocessConfig, seed: int
+    ) -> None:
+        self.paths = [data.image_path(u) for u in uuids]
+        self.views, self.pre, self.seed = views, pre, seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        img = load_image(self.paths[i])
+        rng = random.Random(self.seed * 1_000_003 + i)
+        arrays = [to_array(img, self.pre)]
+        arrays += [to_array(augment(img, rng), self.pre) for _ in range(self.views - 1)]
+        return i, torch.from_numpy(np.stack(arrays))
+
+
+def cache_prefix(
+    tagger: GarmentTagger,
+    data: GarmentDataset,
+    uuids: list[str],
+    cfg: TrainConfig,
+    views: int,
+    keep_inputs: int,
+    desc: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen-prefix activations (N, views, C, h, w) as float16, plus the first `keep_inputs`
+    clean normalised images (for INT8 calibration and the fp32/INT8 comparison)."""
+    loader = torch.utils.data.DataLoader(
+        _Views(data, uuids, views, cfg.preprocess(), cfg.seed),
+        batch_size=32,
+        # One decoding process overlaps JPEG decode + augmentation with the forward pass;
+        # for a handful of images its start-up costs more than it saves.
+        num_workers=1 if len(uuids) > 256 else 0,
+    )
+    cache: torch.Tensor | None = None
+    kept = torch.zeros(min(keep_inputs, len(uuids)), 3, cfg.size, cfg.size)
+    tagger.eval()
+    with torch.no_grad(), tqdm(total=len(uuids), desc=desc, unit="img", leave=False) as bar:
+        for idx, batch in loader:
+            b, v = batch.shape[:2]
+            acts = tagger.prefix(batch.flatten(0, 1), cfg.tune_from_block).to(torch.float16)
+            acts = acts.reshape(b, v, *acts.shape[1:])
+            if cache is None:
+                cache = torch.empty((len(uuids), v, *acts.shape[2:]), dtype=torch.float16)
+            cache[idx] = acts
+            sel = idx < len(kept)
+            kept[idx[sel]] = batch[sel, 0]
+            bar.update(b)
+    assert cache is not None
+    return cache, kept
+
+
+def _pos_weight(tags: np.ndarray) -> torch.Tensor:
+    """neg/pos per tag, so a rare pattern's positives count as much as its negatives."""
+    pos = tags.sum(0).clip(min=1.0)
+    return torch.from_numpy(((len(tags) - pos) / pos).astype(np.float32))
+
+
+def _loss(
+    out: Any,
+    y_cat: torch.Tensor,
+    y_tag: torch.Tensor,
+    y_col: torch.Tensor,
+    pos_weight: torch.Tensor,
+    cfg: TrainConfig,
+) -> torch.Tensor:
+    cat = F.cross_entropy(out.category, y_cat, label_smoothing=cfg.label_smoothing)
+    tag = F.binary_cross_entropy_with_logits(out.tags, y_tag, pos_weight=pos_weight)
+    col = F.cross_entropy(out.colour, y_col)
+    return cat + tag + cfg.colour_weight * col
+
+
+def _trainable(
+    tagger: GarmentTagger, tune_from: int
+) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    bb = tagger.backbone
+    backbone = [p for b in bb._blocks[tune_from:] for p in b.parameters()]
+    backbone += [*bb._conv_head.parameters(), *bb._bn1.parameters()]
+    heads = [
+        *tagger.category_head.parameters(),
+        *tagger.tag_head.parameters(),
+        *tagger.colour_head.parameters(),
+    ]
+    for p in tagger.parameters():
+        p.requires_grad_(False)
+    for p in backbone + heads:
+        p.requires_grad_(True)
+    return backbone, heads
+
+
+def _set_mode(tagger: GarmentTagger, tune_from: int, train: bool) -> None:
+    """Only the tuned part is ever in train mode; the frozen prefix keeps ImageNet BN stats."""
+    tagger.eval()
+    if train:
+        for b in tagger.backbone._blocks[tune_from:]:
+            b.train()
+        tagger.backbone._bn1.train()
+        tagger.dropout.train()
+
+
+@torch.no_grad()
+def predict_cached(
+    tagger: GarmentTagger, acts: torch.Tensor, tune_from: int, batch_size: int = 256
+) -> dict[str, np.ndarray]:
+    """Probabilities from cached clean activations (view 0)."""
+    _set_mode(tagger, tune_from, train=False)
+    cats, tags, cols = [], [], []
+    for i in range(0, len(acts), batch_size):
+        out = tagger.forward_from(acts[i : i + batch_size, 0].float(), tune_from)
+        cats.append(torch.softmax(out.category, 1))
+        tags.append(torch.sigmoid(out.tags))
+        cols.append(torch.softmax(out.colour, 1))
+    return {
+        "category": torch.cat(cats).numpy(),
+        "tags": torch.cat(tags).numpy(),
+        "colour": torch.cat(cols).numpy(),
+    }
+
+
+def _val_loss(
+    tagger: GarmentTagger,
+    acts: torch.Tensor,
+    y: Labelled,
+    pos_weight: torch.Tensor,
+    cfg: TrainConfig,
+) -> float:
+    _set_mode(tagger, cfg.tune_from_block, train=False)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(acts), 256):
+            sl = slice(i, i + 256)
+            out = tagger.forward_from(acts[sl, 0].float(), cfg.tune_from_block)
+            loss = _loss(out, torch.from_numpy(y.category[sl]), torch.from_numpy(y.tags[sl]),
+                         torch.from_numpy(y.colour[sl]), pos_weight, cfg)  # fmt: skip
+            total += loss.item() * len(out.category)
+    return total / len(acts)
+
+
+def fine_tune(
+    tagger: GarmentTagger,
+    train_acts: torch.Tensor,
+    y_train: Labelled,
+    val_acts: torch.Tensor,
+    y_val: Labelled,
+    cfg: TrainConfig,
+    deadline: float,
+    log: Any = print,
+) -> list[dict[str, float]]:
+    """Train the tuned blocks and heads on cached activations; returns per-epoch metrics and
+    leaves the best (lowest validation loss) weights in `tagger`."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    backbone, heads = _trainable(tagger, cfg.tune_from_block)
+    opt = torch.optim.AdamW(
+        [{"params": backbone, "lr": cfg.backbone_lr}, {"params": heads, "lr": cfg.lr}],
+        weight_decay=cfg.weight_decay,
+    )
+    steps_per_epoch = math.ceil(len(train_acts) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[cfg.backbone_lr, cfg.lr], total_steps=cfg.epochs * steps_per_epoch,
+        pct_start=0.15,
+    )  # fmt: skip
+    pos_weight = _pos_weight(y_train.tags)
+    y_cat, y_tag, y_col = (
+        torch.from_numpy(a) for a in (y_train.category, y_train.tags, y_train.colour)
+    )
+    best_loss, best_state, bad_epochs = math.inf, None, 0
+    history: list[dict[str, float]] = []
+    n_views = train_acts.shape[1]
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        _set_mode(tagger, cfg.tune_from_block, train=True)
+        order = torch.randperm(len(train_acts), generator=gen)
+        view = torch.randint(0, n_views, (len(train_acts),), generator=gen)
+        running = 0.0
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False
+        )
+        for step in bar:
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            x = train_acts[idx, view[idx]].float()
+            out = tagger.forward_from(x, cfg.tune_from_block)
+            loss = _loss(out, y_cat[idx], y_tag[idx], y_col[idx], pos_weight, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            sched.step()
+            running += loss.item()
+            bar.set_postfix(loss=f"{running / (step + 1):.3f}")
+        probs = predict_cached(tagger, val_acts, cfg.tune_from_block)
+        val_loss = _val_loss(tagger, val_acts, y_val, pos_weight, cfg)
+        m = M.summary(probs, y_val.category, y_val.tags, y_val.colour)
+        row = {
+            "epoch": float(epoch),
+            "train_loss": running / steps_per_epoch,
+            "val_loss": val_loss,
+            "val_top1": m["top1"],
+            "val_top2": m["top2"],
+            "val_tag_macro_f1_at_0.5": m["tag_macro_f1"],
+            "val_colour_acc": m["colour_acc"],
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(row)
+        log(
+            f"epoch {epoch:2d}: train loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
+            f"top1 {m['top1']:.4f}  top2 {m['top2']:.4f}  tag F1@0.5 {m['tag_macro_f1']:.4f}  "
+            f"colour {m['colour_acc']:.4f}  ({row['seconds']:.0f} s)"
+        )
+        if val_loss < best_loss - 1e-4:
+            best_loss, bad_epochs = val_loss, 0
+            best_state = {k: v.detach().clone() for k, v in tagger.state_dict().items()}
+        else:
+            bad_epochs += 1
+            if bad_epochs >= cfg.patience:
+                log(f"early stop: val loss has not improved for {cfg.patience} epochs")
+                break
+        if time.time() + row["seconds"] > deadline:
+            log("stopping: the next epoch would overrun the time budget")
+            break
+    if best_state is not None:
+        tagger.load_state_dict(best_state)
+    return history
+
+
+def _onnx_probs(path: Path, images: torch.Tensor, threads: int) -> dict[str, np.ndarray]:
+    from mlsys.tagger.inference import make_session
+
+    sess = make_session(path, threads=threads)
+    outs: list[list[np.ndarray]] = [[], [], []]
+    for i in range(0, len(images), 64):
+        res = sess.run(None, {"image": images[i : i + 64].numpy()})
+        for k in range(3):
+            outs[k].append(np.asarray(res[k]))
+    return {
+        "category": np.concatenate(outs[0]),
+        "tags": np.concatenate(outs[1]),
+        "colour": np.concatenate(outs[2]),
+    }
+
+
+def train_tagger(
+    data_dir: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None, log: Any = print
+) -> dict[str, Any]:
+    """Train, pick thresholds, export fp32 + INT8 ONNX, write tagger.json; returns its content."""
+    cfg = cfg or TrainConfig()
+    if not 0 <= cfg.tune_from_block < NUM_BLOCKS:
+        raise MlsysError(f"tune_from_block must be in [0, {NUM_BLOCKS}), got {cfg.tune_from_block}")
+    start = time.time()
+    deadline = start + cfg.time_budget_s
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    data = open_garments(data_dir)
+    labels = labelled(data.data)
+    if cfg.max_images is not None and cfg.max_images < len(labels):
+        labels = labels.subset(
+            np.sort(np.random.default_rng(cfg.seed).permutation(len(labels))[: cfg.max_images])
+        )
+    tr_idx, va_idx = stratified_split(labels, cfg.val_fraction, cfg.seed)
+    y_train, y_val = labels.subset(tr_idx), labels.subset(va_idx)
+    if len(y_val) == 0 or len(y_train) == 0:
+        raise MlsysError(
+            f"{data_dir}: too few labelled images ({len(labels)}) to hold out a validation split"
+        )
+    log(
+        f"data: {len(y_train)} train / {len(y_val)} validation images, {cfg.size} px, "
+        f"{cfg.views} views, fine-tuning blocks {cfg.tune_from_block}-{NUM_BLOCKS - 1} + head"
+    )
+
+    tagger = build_tagger(n_colours=len(COLORS), pretrained=True)
+    t0 = time.time()
+    train_acts, calib = cache_prefix(
+        tagger, data, y_train.uuids, cfg, cfg.views, cfg.calibration_images, "cache train"
+    )
+    val_acts, val_images = cache_prefix(tagger, data, y_val.uuids, cfg, 1, len(y_val), "cache val")
+    cache_s = time.time() - t0
+    mb = (train_acts.numel() + val_acts.numel()) * 2 / 1e6
+    log(
+        f"cached frozen-prefix activations {tuple(train_acts.shape)}: {mb:.0f} MB, {cache_s:.0f} s"
+    )
+
+    t0 = time.time()
+    history = fine_tune(tagger, train_acts, y_train, val_acts, y_val, cfg, deadline, log)
+    train_s = time.time() - t0
+    del train_acts
+
+    t0 = time.time()
+    tagger.eval()
+    torch.save(tagger.state_dict(), out / TORCH_FILE)
+    fp32_path = export_onnx(tagger, out / FP32_FILE, cfg.size)
+    int8_path = quantize_int8(fp32_path, out / INT8_FILE, calib.numpy())
+    probs_fp32 = _onnx_probs(fp32_path, val_images, cfg.threads)
+    probs_int8 = _onnx_probs(int8_path, val_images, cfg.threads)
+    top1_fp32 = M.topk_accuracy(probs_fp32["category"], y_val.category, 1)
+    top1_int8 = M.topk_accuracy(probs_int8["category"], y_val.category, 1)
+    use_int8 = top1_fp32 - top1_int8 <= cfg.int8_tolerance
+    deployed = int8_path if use_int8 else fp32_path
+    probs = probs_int8 if use_int8 else probs_fp32
+    thresholds = M.best_thresholds(probs["tags"], y_val.tags)
+    export_s = time.time() - t0
+    log(f"val top-1: fp32 ONNX {top1_fp32:.4f}, INT8 {top1_int8:.4f} -> deploying {deployed.name}")
+
+    val_metrics = M.summary(probs, y_val.category, y_val.tags, y_val.colour, thresholds)
+    meta: dict[str, Any] = {
+        "version": file_version(deployed),
+        "model_file": deployed.name,
+        "fp32_file": fp32_path.name,
+        "int8_file": int8_path.name,
+        "torch_file": TORCH_FILE,
+        "categories": list(CATEGORIES),
+        "tags": list(TAGS),
+        "colours": list(COLORS),
+        "thresholds": {t: float(v) for t, v in zip(TAGS, thresholds, strict=True)},
+        "preprocessing": asdict(cfg.preprocess()),
+        "val_metrics": val_metrics,
+        "val_top1_fp32_onnx": top1_fp32,
+        "val_top1_int8_onnx": top1_int8,
+        "history": history,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+        "data_dir": str(Path(data_dir).resolve()),
+        "n_train": len(y_train),
+        "n_val": len(y_val),
+        "val_uuids": y_val.uuids,
+        "seconds": {
+            "cache": cache_s,
+            "fine_tune": train_s,
+            "export": export_s,
+            "total": time.time() - start,
+        },
+    }
+    (out / MODEL_JSON).write_text(json.dumps(meta, indent=2))
+    log(
+        f"val (deployed, tuned thresholds): top1 {val_metrics['top1']:.4f}  "
+        f"top2 {val_metrics['top2']:.4f}  tag macro F1 {val_metrics['tag_macro_f1']:.4f}; "
+        f"total {meta['seconds']['total']:.0f} s -> {out}"
+    )
+    return meta

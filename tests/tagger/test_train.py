@@ -1,0 +1,82 @@
+"""Training: the split, the thresholds, and what a trained model dir must contain."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlsys.tagger import metrics as M
+from mlsys.tagger.export import file_version
+from mlsys.tagger.model import load_pretrained
+from mlsys.tagger.schema import CATEGORIES, COLORS, TAGS
+from mlsys.tagger.train import Labelled, stratified_split
+
+
+def _labels(n: int, seed: int = 0) -> Labelled:
+    rng = np.random.default_rng(seed)
+    return Labelled(
+        uuids=[f"u{i}" for i in range(n)],
+        category=rng.integers(0, len(CATEGORIES), n),
+        tags=(rng.random((n, 3)) < [0.1, 0.2, 0.15]).astype(np.float32),
+        colour=rng.integers(0, len(COLORS), n),
+    )
+
+
+def test_stratified_split_is_disjoint_complete_and_keeps_class_shares() -> None:
+    labels = _labels(2000)
+    tr, va = stratified_split(labels, 0.1, seed=3)
+    assert len(np.intersect1d(tr, va)) == 0
+    assert len(tr) + len(va) == 2000
+    assert abs(len(va) - 200) <= 25
+    for c in range(len(CATEGORIES)):
+        share_all = (labels.category == c).mean()
+        share_val = (labels.category[va] == c).mean()
+        assert abs(share_all - share_val) < 0.02
+    again, _ = stratified_split(labels, 0.1, seed=3)
+    assert np.array_equal(tr, again)
+
+
+def test_best_threshold_maximises_f1_over_every_cut() -> None:
+    rng = np.random.default_rng(1)
+    y = (rng.random(500) < 0.2).astype(np.int64)
+    p = np.clip(y * 0.3 + rng.random(500) * 0.7, 0, 1)
+    th = M.best_threshold(p, y)
+    best = max(M.precision_recall_f1((p >= t).astype(np.int64), y)[2] for t in np.unique(p))
+    assert M.precision_recall_f1((p >= th).astype(np.int64), y)[2] == best
+
+
+def test_trained_model_dir_is_complete(tagger_model: Path) -> None:
+    meta = json.loads((tagger_model / "tagger.json").read_text())
+    assert meta["categories"] == list(CATEGORIES)
+    assert meta["tags"] == list(TAGS)
+    assert set(meta["thresholds"]) == set(TAGS)
+    assert all(0.0 <= v <= 1.0 for v in meta["thresholds"].values())
+    assert meta["preprocessing"]["size"] == 64
+    deployed = tagger_model / meta["model_file"]
+    assert meta["version"] == file_version(deployed)
+    for key in ("fp32_file", "int8_file", "torch_file"):
+        assert (tagger_model / meta[key]).is_file()
+    history = meta["history"]
+    assert 1 <= len(history) <= 2
+    assert {"train_loss", "val_loss", "val_top1", "val_top2"} <= set(history[0])
+    assert not set(meta["val_uuids"]) & set(meta.get("train_uuids", []))
+
+
+def test_training_only_changes_the_tuned_blocks(tagger_model: Path) -> None:
+    meta = json.loads((tagger_model / "tagger.json").read_text())
+    tuned_from = meta["config"]["tune_from_block"]
+    trained = torch.load(tagger_model / meta["torch_file"], map_location="cpu", weights_only=True)
+    pretrained = load_pretrained().state_dict()
+    frozen = [
+        k for k in pretrained if k.startswith("_blocks.") and int(k.split(".")[1]) < tuned_from
+    ]
+    assert frozen
+    for k in frozen:
+        assert torch.equal(trained["backbone." + k], pretrained[k]), k
+    changed = [
+        k for k in pretrained if k.startswith(f"_blocks.{tuned_from}.") and k.endswith("weight")
+    ]
+    assert any(not torch.equal(trained["backbone." + k], pretrained[k]) for k in changed)
