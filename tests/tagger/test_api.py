@@ -132,3 +132,19 @@ def test_empty_body_and_multipart_without_file_are_400(client: TestClient) -> No
 
 def test_get_is_405(client: TestClient) -> None:
     assert client.get("/tag").status_code == 405
+
+
+def test_platform_server_mounts_tag_with_its_own_10mb_limit(tagger_model: Path) -> None:
+    """Through the real server factory: a 2+ MB photo passes the 1 MiB server-wide default."""
+    from mlsys.platform.server import create_app
+    from mlsys.platform.settings import Settings
+
+    app = create_app(Settings(tagger_model_dir=str(tagger_model), log_requests=False))
+    photo = _jpeg((1600, 1600), seed=3)
+    assert len(photo) > Settings().max_body_bytes
+    with TestClient(app) as c:
+        assert c.get("/readyz").json()["checks"]["tagger.model"] == "ok"
+        r = c.post("/tag", content=photo)
+        assert r.status_code == 200, r.text
+        _check_answer(r.json())
+        assert c.post("/tag", content=b"\x00" * (MAX_BODY_BYTES + 1)).status_code == 413

@@ -144,13 +144,19 @@ def routes(model_dir: str | Path, threads: int = 1) -> list[BaseRoute]:
 
 
 def component(settings: Any) -> Any:
-    """The platform server's hook (`Settings.tagger_model_dir`)."""
+    """The platform server's hook (`Settings.tagger_model_dir`): POST /tag with its own 10 MB
+    body limit (the server-wide default is sized for JSON)."""
     from mlsys.platform.server import Component
 
     model = TaggerModel(settings.tagger_model_dir, threads=1)
     endpoint = TagEndpoint(model)
+
+    def model_loaded() -> str | None:
+        return None if model.session is not None else "tagger model not loaded"
+
     return Component(
         name="tagger",
         routes=[Route("/tag", endpoint.handle, methods=["POST"])],
-        checks={"model": lambda: None},
+        checks={"model": model_loaded},
+        max_body_bytes=MAX_BODY_BYTES,
     )
