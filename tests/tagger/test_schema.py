@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from mlsys.cli import main
 from mlsys.errors import DatasetError
-from mlsys.tagger.generate import generate_garments
 from mlsys.tagger.schema import (
     CATEGORIES,
     COLORS,
@@ -23,11 +23,10 @@ from mlsys.tagger.schema import (
 )
 
 
-@pytest.fixture(scope="module")
-def garments(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("schema") / "g"
-    generate_garments(out, count=24, test_count=8, seed=3, workers=1, progress=False)
-    return out
+@pytest.fixture
+def garments(garments_tiny: Path) -> Path:
+    """The session's tiny generated set (tests/tagger/conftest.py): 72 + 24 items, seed 17."""
+    return garments_tiny
 
 
 @pytest.fixture
@@ -47,9 +46,9 @@ def test_contract_constants() -> None:
 
 def test_generated_set_opens(garments: Path) -> None:
     ds = open_garments(garments)
-    assert ds.data.num_rows == 24 and ds.test.num_rows == 8
-    assert ds.test_labels is not None and ds.test_labels.num_rows == 8
-    assert ds.manifest is not None and ds.manifest["seed"] == 3
+    assert ds.data.num_rows == 72 and ds.test.num_rows == 24
+    assert ds.test_labels is not None and ds.test_labels.num_rows == 24
+    assert ds.manifest is not None and ds.manifest["seed"] == 17
     uid = ds.test_uuids[0]
     assert ds.image_path(uid).name == f"{uid}.jpg"
     assert ds.image_bytes(uid)[:2] == b"\xff\xd8"
@@ -132,3 +131,12 @@ def test_check_predictions_rows_match_test_set(copy: Path) -> None:
     with pytest.raises(DatasetError, match="1 test uuids missing") as err:
         check_predictions(path, table.slice(1), ds.test_uuids)
     assert err.value.column == "uuid"
+
+
+def test_validate_cli(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "garments", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "72 labelled, 24 test, 96 images" in out and "seed 17" in out
+    (copy / "test.parquet").unlink()
+    assert main(["validate", "garments", str(copy)]) == 1
+    assert "test.parquet: missing" in capsys.readouterr().err

@@ -29,6 +29,12 @@ def add_generate_commands(verbs: Verbs) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing directory")
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
 
+    p = verbs.add("validate", "garments", _validate_garments,
+                  "check a garment directory (kit files or generated) against the contract")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="image folder (default DATA_DIR/images)")
+
 
 def _generate_garments(args: argparse.Namespace) -> int:
     from mlsys.tagger.generate import generate_garments
@@ -44,6 +50,26 @@ def _generate_garments(args: argparse.Namespace) -> int:
     print("tags         " + ", ".join(f"{t} {v:.1%}" for t, v in m["tag_share"].items()))
     print(f"ceiling      test top-1 {ceiling['expected_top1']:.4f}, "
           f"top-2 {ceiling['expected_top2']:.4f} (Bayes on the shape latents)")
+    return 0
+
+
+def _validate_garments(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from mlsys.tagger.schema import TAGS, open_garments
+
+    ds = open_garments(args.data_dir, images_dir=args.images)
+    n = ds.data.num_rows
+    print(f"dataset      {ds.root}")
+    m = ds.manifest
+    origin = f"mlsys generator v{m['generator_version']}, seed {m['seed']}" if m else "kit"
+    print(f"origin       {origin}")
+    print(f"items        {n:,} labelled, {ds.test.num_rows:,} test, {len(ds.images):,} images")
+    cats = Counter(ds.data.column("cc3").to_pylist())
+    print("categories   " + ", ".join(f"{c} {k / n:.1%}" for c, k in sorted(cats.items())))
+    print("tags         " + ", ".join(
+        f"{t} {sum(ds.data.column(t).to_pylist()) / n:.1%}" for t in TAGS))
+    print(f"test labels  {'present' if ds.test_labels is not None else 'absent'}")
     return 0
 
 
