@@ -154,6 +154,13 @@ def test_refuses_to_overwrite_and_writes_atomically(
     assert not (out / "keep.txt").exists()
     assert open_garments(out).data.num_rows == 3
 
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(MlsysError, match="--force"):
+        generate_garments(a_file, count=3, test_count=2, workers=1, progress=False)
+    generate_garments(a_file, count=3, test_count=2, workers=1, progress=False, force=True)
+    assert a_file.is_dir()
+
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"

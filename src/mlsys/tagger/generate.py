@@ -103,7 +103,10 @@ def _swap_into_place(staging: Path, out: Path) -> None:
         out.rename(old)
     staging.rename(out)
     if old is not None:
-        shutil.rmtree(old)
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
 
 
 def generate_garments(
