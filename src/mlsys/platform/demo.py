@@ -31,5 +31,11 @@ def run_demo(workdir: str | Path) -> int:
     dataset = open_dataset(data_dir)
     print(summary(dataset))
 
+    # Serving (issue 4): Redis + features + API + 10 s at 30 rps, everything stopped after.
+    # Uses the trained model in work/ranknet (a random-init stand-in until training runs).
+    from mlsys.platform.demo_serving import run_serving_steps
+
+    run_serving_steps(work, data_dir, model_dir=work / "ranknet", first_step=4)
+
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s; outputs under {work}/")
     return 0
