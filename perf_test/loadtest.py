@@ -1,6 +1,7 @@
 """Thin runner for the load test, for people who look in perf_test/ first.
 
-    python perf_test/loadtest.py http://127.0.0.1:8000 --requests data/requests.parquet --rate 30 --duration 60
+    python perf_test/loadtest.py http://127.0.0.1:8000 --requests data/requests.parquet \
+        --rate 30 --duration 60
 
 is exactly `mlsys loadtest ...` (implementation: src/mlsys/platform/loadtest.py).
 """
