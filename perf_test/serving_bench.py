@@ -8,6 +8,7 @@
 2. a per-request latency breakdown, in process against the same Redis (parse, Redis round
    trip, distance + score + sort, JSON), over the first 2,000 rows of requests.parquet;
 3. `mlsys loadtest` at 30 rps for 60 s (open model);
+   (plus the server-side time of the same requests, from the API's JSON logs);
 4. `mlsys loadtest --sweep` (20 s per step) for the highest rate with p95 < 100 ms and no errors;
 5. whole-stack RSS (API process tree + redis-server), sampled every second during 3 and 4.
 
@@ -63,6 +64,25 @@ def breakdown(redis_url: str, model_dir: str, requests_path: Path, n: int) -> di
     out["requests"] = n
     out["scored_candidates_median"] = float(np.median(kept))
     return out
+
+
+def server_side(log_path: Path, start: int, end: int) -> dict[str, float]:
+    """Median/p95 of the API's own duration_ms (middleware: request in -> response out) for
+    the 200s logged between two byte offsets of its JSON log."""
+    with log_path.open("rb") as fh:
+        fh.seek(start)
+        chunk = fh.read(end - start).decode(errors="replace")
+    ms = []
+    for line in chunk.splitlines():
+        if line.startswith("{") and '"endpoint": "/recommend/{user_id}"' in line:
+            entry = json.loads(line)
+            if entry["status"] == 200:
+                ms.append(entry["duration_ms"])
+    return {
+        "requests": len(ms),
+        "median_ms": round(float(np.median(ms)), 3) if ms else float("nan"),
+        "p95_ms": round(float(np.percentile(ms, 95)), 3) if ms else float("nan"),
+    }
 
 
 def _sample_rss(pids: list[int], stop: Any, out: Any) -> None:
@@ -151,8 +171,13 @@ def main() -> None:
             from mlsys.platform.loadtest import plot_run, plot_sweep
 
             payloads = load_requests(requests_path, parse_url(stack.api_url))
+            log_start = stack.log_path.stat().st_size
             result, summary = run_once(
                 stack.api_url, requests_path, 30, args.duration, payloads=payloads
+            )
+            time.sleep(0.5)  # let the last log lines reach the file
+            summary["server_side"] = server_side(
+                stack.log_path, log_start, stack.log_path.stat().st_size
             )
             plot_run(result, summary, out / "loadtest-30rps.png")
             (out / "loadtest-30rps.json").write_text(json.dumps(summary, indent=2) + "\n")
