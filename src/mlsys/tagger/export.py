@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlsys.tagger.model import ExportWrapper, GarmentTagger
+from mlsys.tagger.model import ExportWrapper, GarmentTagger, Prefix
 
 INPUT_NAME = "image"
 OUTPUT_NAMES: tuple[str, str, str] = ("category", "tags", "colour")
@@ -28,7 +28,16 @@ OPSET = 17
 
 def export_onnx(tagger: GarmentTagger, path: Path, size: int) -> Path:
     """Trace the eval-mode tagger at `size` x `size` with a dynamic batch dimension."""
-    wrapper = ExportWrapper(tagger).eval()
+    return _export(ExportWrapper(tagger).eval(), path, size, list(OUTPUT_NAMES))
+
+
+def export_prefix_onnx(tagger: GarmentTagger, path: Path, size: int, stop_block: int) -> Path:
+    """The frozen blocks alone: training runs them once per image view, so they get the
+    inference engine (ONNX Runtime is ~2x faster than eager PyTorch on this CPU)."""
+    return _export(Prefix(tagger, stop_block).eval(), path, size, ["activations"])
+
+
+def _export(wrapper: torch.nn.Module, path: Path, size: int, outputs: list[str]) -> Path:
     dummy = torch.zeros(1, 3, size, size)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
@@ -41,8 +50,8 @@ def export_onnx(tagger: GarmentTagger, path: Path, size: int) -> Path:
             (dummy,),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
+            output_names=outputs,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in outputs}},
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,

@@ -191,6 +191,18 @@ class GarmentTagger(nn.Module):
         return self.heads(self.backbone.features(x))
 
 
+class Prefix(nn.Module):
+    """The frozen part alone (stem + blocks [0, stop)), exported to ONNX for feature caching."""
+
+    def __init__(self, tagger: GarmentTagger, stop_block: int) -> None:
+        super().__init__()
+        self.tagger = tagger
+        self.stop_block = stop_block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tagger.prefix(x, self.stop_block)
+
+
 class ExportWrapper(nn.Module):
     """Probabilities instead of logits, as plain tensors, for ONNX and for serving."""
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from tqdm import tqdm
 from mlsys.errors import MlsysError
 from mlsys.tagger import metrics as M
 from mlsys.tagger.augment import augment
-from mlsys.tagger.export import export_onnx, file_version, quantize_int8
+from mlsys.tagger.export import export_onnx, export_prefix_onnx, file_version, quantize_int8
 from mlsys.tagger.model import NUM_BLOCKS, GarmentTagger, build_tagger
 from mlsys.tagger.preprocess import PreprocessConfig, load_image, to_array
 from mlsys.tagger.schema import CATEGORIES, COLORS, TAGS, GarmentDataset, open_garments
@@ -54,9 +55,9 @@ class TrainConfig:
     """The default is what `mlsys train tagger` runs; see docs/tagger-report.md for why."""
 
     size: int = 160
-    tune_from_block: int = 11  # blocks [0, 11) frozen and cached; [11, 16) + head trained
+    tune_from_block: int = 8  # blocks [0, 8) frozen and cached; [8, 16) + head trained
     views: int = 3  # cached versions of each training image: 1 clean + 2 augmented
-    epochs: int = 14
+    epochs: int = 8
     patience: int = 3
     batch_size: int = 64
     lr: float = 2e-3  # heads
@@ -70,7 +71,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     max_images: int | None = None  # train on a subset (tests, quick runs)
-    time_budget_s: float = 28 * 60.0  # stop adding epochs when the next one would overrun
+    time_budget_s: float = 26 * 60.0  # stop adding epochs when the next one would overrun
     mean: tuple[float, float, float] = (127.0 / 255, 127.0 / 255, 127.0 / 255)
     std: tuple[float, float, float] = (128.0 / 255, 128.0 / 255, 128.0 / 255)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -169,13 +170,21 @@ def cache_prefix(
         # for a handful of images its start-up costs more than it saves.
         num_workers=1 if len(uuids) > 256 else 0,
     )
+    from mlsys.tagger.inference import make_session
+
     cache: torch.Tensor | None = None
     kept = torch.zeros(min(keep_inputs, len(uuids)), 3, cfg.size, cfg.size)
     tagger.eval()
-    with torch.no_grad(), tqdm(total=len(uuids), desc=desc, unit="img", leave=False) as bar:
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix_path = export_prefix_onnx(
+            tagger, Path(tmp) / "prefix.onnx", cfg.size, cfg.tune_from_block
+        )
+        session = make_session(prefix_path, threads=cfg.threads)
+    with tqdm(total=len(uuids), desc=desc, unit="img", leave=False) as bar:
         for idx, batch in loader:
             b, v = batch.shape[:2]
-            acts = tagger.prefix(batch.flatten(0, 1), cfg.tune_from_block).to(torch.float16)
+            flat = batch.flatten(0, 1).numpy()
+            acts = torch.from_numpy(session.run(None, {"image": flat})[0]).to(torch.float16)
             acts = acts.reshape(b, v, *acts.shape[1:])
             if cache is None:
                 cache = torch.empty((len(uuids), v, *acts.shape[2:]), dtype=torch.float16)
@@ -413,9 +422,7 @@ def train_tagger(
     val_acts, val_images = cache_prefix(tagger, data, y_val.uuids, cfg, 1, len(y_val), "cache val")
     cache_s = time.time() - t0
     mb = (train_acts.numel() + val_acts.numel()) * 2 / 1e6
-    log(
-        f"cached frozen-prefix activations {tuple(train_acts.shape)}: {mb:.0f} MB, {cache_s:.0f} s"
-    )
+    log(f"cached frozen-prefix activations {tuple(train_acts.shape)}: {mb:.0f} MB, {cache_s:.0f} s")
 
     t0 = time.time()
     history = fine_tune(tagger, train_acts, y_train, val_acts, y_val, cfg, deadline, log)
