@@ -159,7 +159,7 @@ def component(settings: Settings) -> Component:
             query = parse_query(user_id, await request.body(), settings.max_candidates)
         except InvalidRequest as exc:
             return invalid(exc)
-        log = request.scope["state"].get("log", {})
+        log = request.scope.get("state", {}).get("log", {})
         log["user_id"] = user_id
         started = time.perf_counter()
         try:
