@@ -44,6 +44,13 @@ def _add_serving_commands(verbs: Verbs) -> None:
     )
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
     p.add_argument("--no-access-log", action="store_true", help="no JSON line per request")
+    p.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="per worker: answer 503 at once beyond N connections+requests (load shedding)",
+    )
 
     p = verbs.add_verb("loadtest", _loadtest)
     p.add_argument("url", metavar="URL", help="the API base URL, e.g. http://127.0.0.1:8000")
@@ -93,7 +100,13 @@ def _serve(args: argparse.Namespace) -> int:
         f"(model {model}, redis {args.redis})",
         flush=True,
     )
-    serve(settings, host=args.host, port=args.port, workers=workers)
+    serve(
+        settings,
+        host=args.host,
+        port=args.port,
+        workers=workers,
+        limit_concurrency=args.limit_concurrency,
+    )
     return 0
 
 
