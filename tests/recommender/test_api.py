@@ -170,6 +170,13 @@ def test_bad_input_is_422_naming_the_field(
     assert r.json()["field"] == field and r.json()["message"]
 
 
+def test_exactly_10000_candidates_is_accepted(client: TestClient) -> None:
+    r = client.post("/recommend/1", json=body(list(range(10_000)), size=10_000, max_dist=1e7))
+    assert r.status_code == 200
+    assert int(r.headers["x-unknown-candidates"]) == 10_000 - 1_000  # tiny has 1,000
+    assert len(r.json()["restaurants"]) == 1_000
+
+
 def test_unknown_user_is_404(client: TestClient) -> None:
     r = client.post("/recommend/u999999", json=body([1]))
     assert r.status_code == 404 and r.json()["error"] == "unknown_user"
