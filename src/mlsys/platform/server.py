@@ -33,6 +33,7 @@ import importlib
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 import uuid
@@ -257,19 +258,29 @@ def serve(
     `limit_concurrency` (per worker) turns overload into immediate 503s instead of an
     unbounded queue; off by default, as the measured capacity is far above the spec's load.
     """
-    import uvicorn
-
     os.environ.update(settings.to_env())
     # One BLAS/torch thread per worker: requests are small, workers are the parallelism.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
+    created: str | None = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlsys-metrics-")
+        created = tempfile.mkdtemp(prefix="mlsys-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = created
     else:
         folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("*.db"):
             stale.unlink()
+    try:
+        _run_uvicorn(host, port, workers, limit_concurrency)
+    finally:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+
+
+def _run_uvicorn(host: str, port: int, workers: int, limit_concurrency: int | None) -> None:
+    import uvicorn
+
     uvicorn.run(
         "mlsys.platform.server:app_from_env",
         factory=True,
