@@ -31,6 +31,16 @@ def run_demo(workdir: str | Path) -> int:
     dataset = open_dataset(data_dir)
     print(summary(dataset))
 
+    # Training (issue 3): the kit's settings (batch 1024, Adam lr 1e-8, 5 epochs), streamed.
+    from mlsys.recommender.evaluate import evaluate, format_report
+    from mlsys.recommender.train import TrainConfig, train
+
+    _step("2. train RankNet on the small dataset (5 epochs, batch 1024, Adam lr 1e-8)")
+    train(data_dir, work / "ranknet", TrainConfig(), evaluate_test=False)
+
+    _step("3. evaluate RankNet on the small test split")
+    print(format_report(evaluate(work / "ranknet", data_dir)))
+
     # Serving (issue 4): Redis + features + API + 10 s at 30 rps, everything stopped after.
     # Uses the trained model in work/ranknet (a random-init stand-in until training runs).
     from mlsys.platform.demo_serving import run_serving_steps

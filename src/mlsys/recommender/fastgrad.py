@@ -82,9 +82,10 @@ class FactoredStep:
         # Last layer: dW3 = dz^T h, db3 = sum(dz).
         torch.mv(h.t(), dz, out=self.w3.grad[0])  # type: ignore[index]
         torch.sum(dz, dim=0, keepdim=True, out=self.b3.grad)
-        # g2 = (dz w3^T) masked by ReLU (h > 0 exactly where the pre-activation was > 0).
+        # g2 = (dz w3^T) masked by ReLU (h > 0 exactly where the pre-activation was > 0);
+        # threshold_backward is autograd's own ReLU backward, one kernel, no bool temporary.
         torch.outer(dz, self.w3[0], out=g)
-        g.mul_(h > 0)
+        torch.ops.aten.threshold_backward.grad_input(g, h, 0.0, grad_input=g)
         # The 128x40 sums that replace the 256-wide backward.
         torch.mm(g.t(), x, out=self.gx)
         torch.mv(g.t(), self.ones[:n], out=self.s)
