@@ -182,8 +182,15 @@ def worker_profile(args: argparse.Namespace) -> dict[str, Any]:
     return tables
 
 
+def worker_ours_reserved(args: argparse.Namespace) -> dict[str, Any]:
+    """Ours with one core left to the input thread: torch gets threads - 1 (at least 1)."""
+    args.threads = max(1, args.threads - 1)
+    return worker_ours(args)
+
+
 WORKERS = {
     "ours": worker_ours,
+    "ours-reserved": worker_ours_reserved,
     "autograd": worker_autograd,
     "sweep": worker_sweep,
     "profile": worker_profile,
@@ -192,7 +199,7 @@ WORKERS = {
 
 def run_child(args: argparse.Namespace, arm: str) -> dict[str, Any]:
     """Run one arm in a fresh process; its peak RSS comes from the kernel's rusage for it."""
-    cmd = [sys.executable, __file__, args.data, "--worker", arm, *_passthrough(args)]
+    cmd = [sys.executable, __file__, args.data, "--worker", arm, *_passthrough(args, arm)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     out = proc.stdout.read()
@@ -208,12 +215,13 @@ def run_child(args: argparse.Namespace, arm: str) -> dict[str, Any]:
     return result
 
 
-def _passthrough(args: argparse.Namespace) -> list[str]:
+def _passthrough(args: argparse.Namespace, arm: str) -> list[str]:
     out = ["--threads", str(args.threads), "--batch", str(args.batch)]
     out += ["--sweep-rows", str(args.sweep_rows), "--sweep-test-rows", str(args.sweep_test_rows)]
     out += ["--sweep-batches", ",".join(map(str, args.sweep_batches))]
-    if args.rows:
-        out += ["--rows", str(args.rows)]
+    rows = args.baseline_rows if arm == "autograd" and args.baseline_rows else args.rows
+    if rows:
+        out += ["--rows", str(rows)]
     return out
 
 
@@ -247,6 +255,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data")
     parser.add_argument("--rows", type=int, default=0, help="rows per arm (0: a full epoch)")
+    parser.add_argument(
+        "--baseline-rows", type=int, default=0, help="rows for the autograd arm (0: as --rows)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--sweep-rows", type=int, default=10_000_000)
@@ -272,12 +283,12 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     arms = args.arms.split(",")
-    for arm in ("ours", "autograd"):
+    for arm in ("ours", "ours-reserved", "autograd"):
         if arm in arms:
             results[arm] = run_child(args, arm)
             r = results[arm]
             print(
-                f"{arm:9s} {r['rows']:>11,} rows  {r['seconds']:7.1f} s  "
+                f"{arm:13s} {r['rows']:>11,} rows  {r['seconds']:7.1f} s  "
                 f"{r['rows_per_s'] / 1e6:5.2f}M rows/s  "
                 f"({1e3 * r['seconds'] / r['steps']:.3f} ms/step)  "
                 f"50M-row epoch {r['epoch_seconds_50m']:6.1f} s  "

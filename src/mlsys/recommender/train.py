@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,7 +230,7 @@ def train(
     progress: bool = True,
     evaluate_test: bool = True,
     stop_after_epochs: int | None = None,
-    log: Any = print,
+    log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train, checkpoint every epoch, evaluate on the test split, write model.pt + model.json.
 
