@@ -133,3 +133,29 @@ def test_cli_errors_are_one_line(
     assert rc == 1
     err = capsys.readouterr().err
     assert "model file is missing" in err and "Traceback" not in err
+
+
+def test_pooled_chunks_equal_unpooled_and_early_stop_does_not_hang(tiny_data: Path) -> None:
+    from mlsys.recommender.stream import pooled_prefetch
+
+    ds = open_dataset(tiny_data)
+    tables = FeatureTables.load(ds)
+    kw = {"batch_size": 512, "chunk_batches": 2, "shuffle": True, "seed": 3, "epoch": 1}
+    plain = [c.x.copy() for c in iter_chunks(ds, tables, "train", **kw)]  # type: ignore[arg-type]
+    pooled = [
+        c.x.copy()
+        for c in pooled_prefetch(
+            lambda pool: iter_chunks(ds, tables, "train", pool=pool, **kw),  # type: ignore[arg-type]
+            rows=1024,
+            depth=1,
+        )
+    ]
+    assert len(plain) == len(pooled) > 3  # more chunks than the pool's 3 buffers: recycled
+    assert all(np.array_equal(a, b) for a, b in zip(plain, pooled, strict=True))
+    stream = pooled_prefetch(
+        lambda pool: iter_chunks(ds, tables, "train", pool=pool, **kw),  # type: ignore[arg-type]
+        rows=1024,
+        depth=1,
+    )
+    next(stream)
+    stream.close()  # the consumer stops early: the reader thread must exit, not block

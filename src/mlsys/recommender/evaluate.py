@@ -25,7 +25,7 @@ from mlsys.recommender.artifact import atomic_write_json, load_ranknet
 from mlsys.recommender.data import ClickDataset, open_dataset
 from mlsys.recommender.fastgrad import FactoredStep
 from mlsys.recommender.model import RankNet
-from mlsys.recommender.stream import FeatureTables, iter_chunks, prefetch
+from mlsys.recommender.stream import FeatureTables, iter_chunks, pooled_prefetch
 
 EVALUATION_FILE = "evaluation.json"
 RELIABILITY_FILE = "reliability.png"
@@ -72,11 +72,13 @@ def evaluate_model(
     log_loss = brier = 0.0
     pos = 0
     started = time.perf_counter()
-    chunks = prefetch(
-        iter_chunks(
-            dataset, tables, split, batch_size=EVAL_BATCH, chunk_batches=8, limit=limit_rows
-        )
-    )
+    chunks = pooled_prefetch(
+        lambda pool: iter_chunks(
+            dataset, tables, split, batch_size=EVAL_BATCH, chunk_batches=8, limit=limit_rows,
+            pool=pool,
+        ),
+        rows=8 * EVAL_BATCH,
+    )  # fmt: skip
     logits = torch.empty(8 * EVAL_BATCH)
     with tqdm(total=total, unit="row", unit_scale=True, desc=f"evaluate {split}",
               disable=not progress, dynamic_ncols=True) as bar:  # fmt: skip

@@ -32,7 +32,7 @@ from mlsys.recommender.artifact import atomic_write_json, load_ranknet, save_ran
 from mlsys.recommender.data import ClickDataset, open_dataset
 from mlsys.recommender.fastgrad import FactoredStep
 from mlsys.recommender.model import RankNet
-from mlsys.recommender.stream import FeatureTables, iter_chunks, prefetch
+from mlsys.recommender.stream import FeatureTables, iter_chunks, pooled_prefetch
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
@@ -96,8 +96,8 @@ def run_epoch(
     total = dataset.rows("train")
     if config.limit_rows is not None:
         total = min(total, config.limit_rows)
-    chunks = prefetch(
-        iter_chunks(
+    chunks = pooled_prefetch(
+        lambda pool: iter_chunks(
             dataset,
             tables,
             "train",
@@ -107,7 +107,9 @@ def run_epoch(
             seed=config.seed,
             epoch=epoch,
             limit=config.limit_rows,
+            pool=pool,
         ),
+        rows=config.chunk_batches * batch,
         depth=config.prefetch,
     )
     logits = torch.empty(config.chunk_batches * batch)
