@@ -204,7 +204,11 @@ class Prefix(nn.Module):
 
 
 class ExportWrapper(nn.Module):
-    """Probabilities instead of logits, as plain tensors, for ONNX and for serving."""
+    """Probabilities instead of logits, as plain tensors, for ONNX and for serving.
+
+    (Mirror test-time augmentation was tried: on validation it cost 0.5 point of top-1 and
+    doubled inference time, so the graph scores the image once.)
+    """
 
     def __init__(self, tagger: GarmentTagger) -> None:
         super().__init__()

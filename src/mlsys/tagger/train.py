@@ -57,7 +57,7 @@ class TrainConfig:
     size: int = 160
     tune_from_block: int = 8  # blocks [0, 8) frozen and cached; [8, 16) + head trained
     views: int = 3  # cached versions of each training image: 1 clean + 2 augmented
-    epochs: int = 8
+    epochs: int = 6
     patience: int = 3
     batch_size: int = 64
     lr: float = 2e-3  # heads
