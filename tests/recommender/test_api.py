@@ -112,14 +112,9 @@ def test_distance_filter_boundary(client: TestClient) -> None:
 def test_defaults_size_20_max_dist_5000_by_score(client: TestClient, data: dict[str, Any]) -> None:
     ids = list(range(data["n_rest"]))
     # count with the same great circle the server documents
-    from mlsys.recommender.geo import EARTH_RADIUS_M, haversine_m
-    from mlsys.recommender.service import DISPLACEMENT_RADIUS_M
+    from mlsys.recommender.geo import haversine_m
 
-    d = (
-        haversine_m(LAT, LON, data["locs"][:, 0], data["locs"][:, 1])
-        * DISPLACEMENT_RADIUS_M
-        / EARTH_RADIUS_M
-    )
+    d = haversine_m(LAT, LON, data["locs"][:, 0], data["locs"][:, 1])
     assert (d <= 5000).sum() > 20  # the dataset makes the default bite
     out = client.post("/recommend/9", json=body(ids)).json()["restaurants"]
     assert len(out) == 20

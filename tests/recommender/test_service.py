@@ -11,8 +11,9 @@ from geographiclib.geodesic import Geodesic
 
 from mlsys.recommender.data import open_dataset
 from mlsys.recommender.features import Rows
+from mlsys.recommender.geo import EARTH_RADIUS_M
 from mlsys.recommender.model import RankNet
-from mlsys.recommender.service import DISPLACEMENT_RADIUS_M, Query, Scorer, load_model, rank
+from mlsys.recommender.service import Query, Scorer, load_model, rank
 
 
 def jit_probabilities(pt: Path, users: np.ndarray, rests: np.ndarray) -> np.ndarray:
@@ -98,7 +99,7 @@ def test_displacement_is_great_circle_within_half_percent_of_geodesic(scorer: Sc
     for rid, d in zip(r.ids.tolist(), r.displacement.tolist(), strict=True):
         ref = geod.Inverse(13.75, 100.5, lat[rid], lon[rid])["s12"]
         assert abs(d - ref) <= 0.005 * ref
-    assert DISPLACEMENT_RADIUS_M == 6_359_000.0
+    assert EARTH_RADIUS_M == 6_359_000.0
 
 
 def test_distance_filter_keeps_the_boundary_and_sorts_both_ways(scorer: Scorer) -> None:

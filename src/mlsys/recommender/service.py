@@ -11,12 +11,8 @@ survive the distance filter, instead of k full 40->256->128 passes. Everything i
 the result equals `sigmoid(torch.jit.load(model.pt)(x))` (float32) to ~1e-7; a test holds it to
 1e-6. There is no per-candidate Python loop: rows are numpy arrays from `features.Rows`.
 
-Displacement is the great-circle (haversine) distance on a sphere of radius 6,359,000 m, the
-sphere that best fits the WGS-84 ellipsoid over the task's box near Bangkok (13.6-14.2 N): it is
-within 0.32% of the geodesic in every direction there. The IUGG mean radius
-(`geo.EARTH_RADIUS_M`, 6,371,008.8 m) is up to 0.505% long north-south at this latitude, where
-the meridian's radius of curvature is only ~6,339 km. Distance is linear in the radius, so we
-scale `geo.haversine_m`.
+Displacement is the great-circle distance of `geo.haversine_m` (its docstring states the Earth
+radius, 6,359,000 m, and why).
 
 Order and ties: `sort_dist=false` sorts by score descending, `true` by displacement ascending;
 both sorts are stable, so ties keep the order of `candidate_restaurant_ids` in the request.
@@ -33,23 +29,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from mlsys.recommender.artifact import STATE_KEYS, ArtifactError, load_ranknet
 from mlsys.recommender.features import Rows
-from mlsys.recommender.geo import EARTH_RADIUS_M, haversine_m
+from mlsys.recommender.geo import haversine_m
 
 Float64Array = npt.NDArray[np.float64]
 IdArray = npt.NDArray[np.int64]
-
-DISPLACEMENT_RADIUS_M = 6_359_000.0  # see the module docstring
-_RADIUS_SCALE = DISPLACEMENT_RADIUS_M / EARTH_RADIUS_M
-
-STATE_KEYS = (
-    "model.0.weight",
-    "model.0.bias",
-    "model.1.weight",
-    "model.1.bias",
-    "model.3.weight",
-    "model.3.bias",
-)
 
 
 class Scorer:
@@ -93,7 +78,6 @@ def _numpy(t: Any) -> npt.NDArray[Any]:
 class Model:
     scorer: Scorer
     version: str
-    path: Path
 
 
 def load_model(path: str | Path) -> Model:
@@ -102,14 +86,12 @@ def load_model(path: str | Path) -> Model:
     `artifact.load_ranknet` checks the file and its metadata; the version it reports (sha256
     prefix of model.pt) is what logs and /metrics show.
     """
-    from mlsys.recommender.artifact import ArtifactError, _resolve, load_ranknet
-
     model, meta = load_ranknet(path)
     try:
         scorer = Scorer(dict(model.state_dict()))
     except ValueError as exc:  # pragma: no cover - load_ranknet already checked the keys
         raise ArtifactError(f"{path}: {exc}") from exc
-    return Model(scorer=scorer, version=str(meta["version"]), path=_resolve(path)[0])
+    return Model(scorer=scorer, version=str(meta["version"]))
 
 
 @dataclass(frozen=True)
@@ -151,9 +133,7 @@ def rank(query: Query, rows: Rows, scorer: Scorer) -> Ranking:
     """Filter by distance, score what is left, sort, cut to `size` (see the module docstring)."""
     assert rows.user is not None, "rank() needs a known user"
     ids = np.asarray(query.candidate_ids, dtype=np.int64)[rows.positions]
-    displacement = _RADIUS_SCALE * haversine_m(
-        query.latitude, query.longitude, rows.latitude, rows.longitude
-    )
+    displacement = haversine_m(query.latitude, query.longitude, rows.latitude, rows.longitude)
     near = displacement <= query.max_dist
     ids, displacement = ids[near], displacement[near]
     scores = scorer.scores(scorer.user_part(rows.user), rows.features[near])
