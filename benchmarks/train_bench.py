@@ -56,7 +56,12 @@ def worker_ours(args: argparse.Namespace) -> dict[str, Any]:
     stats = run_epoch(
         dataset, tables, FactoredStep(model, args.batch), make_optimizer(model, config), config, 0
     )
-    return {"rows": stats.rows, "steps": stats.steps, "seconds": stats.seconds}
+    return {
+        "rows": stats.rows,
+        "steps": stats.steps,
+        "seconds": stats.seconds,
+        "input_wait_s": stats.input_wait_s,
+    }
 
 
 def worker_autograd(args: argparse.Namespace) -> dict[str, Any]:

@@ -63,6 +63,7 @@ class EpochStats:
     loss: float  # mean training BCE, each batch scored before its update (like the kit)
     accuracy: float  # training accuracy of those same predictions
     seconds: float
+    input_wait_s: float = 0.0  # time the loop waited for the reader: >0 means input-bound
 
     @property
     def rows_per_s(self) -> float:
@@ -125,8 +126,11 @@ def run_epoch(
         dynamic_ncols=True,
     )
     started = time.perf_counter()
+    waited = 0.0
     with bar:
+        ready = time.perf_counter()
         for chunk in chunks:
+            waited += time.perf_counter() - ready
             x = torch.from_numpy(chunk.x)
             sign = torch.from_numpy(chunk.sign)
             n = chunk.rows
@@ -142,6 +146,7 @@ def run_epoch(
             correct += (margin > 0).sum()
             rows += n
             bar.update(n)
+            ready = time.perf_counter()
     seconds = time.perf_counter() - started
     return EpochStats(
         epoch=epoch + 1,
@@ -150,6 +155,7 @@ def run_epoch(
         loss=float(loss_sum) / max(rows, 1),
         accuracy=int(correct) / max(rows, 1),
         seconds=seconds,
+        input_wait_s=waited,
     )
 
 
@@ -277,7 +283,8 @@ def train(
         atomic_write_json(out / METRICS_FILE, _metrics_payload(config, history, {}))
         log(
             f"epoch {stats.epoch}/{config.epochs}  loss {stats.loss:.4f}  acc {stats.accuracy:.4f}"
-            f"  {stats.seconds:.1f} s  {stats.rows_per_s / 1e6:.2f}M rows/s  ({stats.steps} steps)"
+            f"  {stats.seconds:.1f} s  {stats.rows_per_s / 1e6:.2f}M rows/s  ({stats.steps} steps,"
+            f" {stats.input_wait_s:.1f} s waiting for input)"
         )
 
     test: dict[str, float] = {}
