@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("data_dir")
     ap.add_argument("model_dir")
     ap.add_argument("--images", type=int, default=1000, help="test images for top-1 per variant")
-    ap.add_argument("--robustness-images", type=int, default=100_000, help="0 skips robustness")
+    ap.add_argument("--robustness-images", type=int, default=500, help="0 skips robustness")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     t0 = time.time()

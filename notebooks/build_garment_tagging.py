@@ -104,8 +104,11 @@ for j, t in enumerate(TAGS):
 axes[1].set_xticks(range(5), CATEGORIES, rotation=20, ha="right"); axes[1].legend()
 axes[1].set_title("tag prevalence by category")
 plt.tight_layout(); plt.show()
-indep = np.outer(tags.mean(0), tags.mean(0))
-print("observed / independent co-occurrence:\\n", np.round((co / len(tags)) / indep, 2))
+p = tags.mean(0)
+for i in range(3):
+    for j in range(i + 1, 3):
+        ratio = (co[i, j] / len(tags)) / (p[i] * p[j])
+        print(f"P({TAGS[i]} & {TAGS[j]}) / (P({TAGS[i]}) P({TAGS[j]})) = {ratio:.2f}")
 """),
         md("""
 Pairs of tags co-occur about as often as independence predicts (ratios near 1), and tag rates
@@ -234,7 +237,7 @@ ev = json.loads((MODEL_DIR / "eval" / "metrics.json").read_text())
 b = ev["pixel_baseline"]
 print(f"raw-pixel logistic regression (32x32): top-1 {b['top1']:.4f}, top-2 {b['top2']:.4f}, tag macro F1 {b['tag_macro_f1']:.4f}")
 print(f"this model:                            top-1 {ev['top1']:.4f}, top-2 {ev['top2']:.4f}, tag macro F1 {ev['tag_macro_f1']:.4f}")
-print("\\nrobustness (top-1 under mild corruption; drop vs clean):")
+print("\\nrobustness (top-1 under mild corruption; change vs clean):")
 for name, v in ev["corruptions"].items():
     print(f"  {name:18s} {v['top1']:.4f}  ({-v['drop']:+.4f})")
 """),
