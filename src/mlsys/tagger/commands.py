@@ -109,8 +109,12 @@ def add_model_commands(verbs: Verbs) -> None:
     p.add_argument("--size", type=int, default=None, help="input resolution (default 160)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--views", type=int, default=None, help="cached views per image")
-    p.add_argument("--tune-from-block", type=int, default=None,
-                   help="fine-tune blocks from this index on (0-15); earlier ones are cached")
+    p.add_argument(
+        "--tune-from-block",
+        type=int,
+        default=None,
+        help="fine-tune blocks from this index on (0-15); earlier ones are cached",
+    )
     p.add_argument("--max-images", type=int, default=None, help="train on a subset")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -127,8 +131,9 @@ def add_model_commands(verbs: Verbs) -> None:
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--model", required=True, metavar="MODEL_DIR")
     p.add_argument("--out", default=None, help="file (default MODEL_DIR/predictions.parquet)")
-    p.add_argument("--images", default=None, metavar="DIR",
-                   help="image folder (default DATA_DIR/images)")
+    p.add_argument(
+        "--images", default=None, metavar="DIR", help="image folder (default DATA_DIR/images)"
+    )
 
     p = verbs.add("bench", "tagger", _bench_tagger, "eager vs ONNX fp32 vs ONNX INT8 speed")
     p.add_argument("data_dir", metavar="DATA_DIR")
@@ -143,8 +148,10 @@ def _train_tagger(args: argparse.Namespace) -> int:
     from mlsys.tagger.train import QUICK, TrainConfig, train_tagger
 
     cfg = QUICK if args.quick else TrainConfig()
-    overrides = {k: getattr(args, k) for k in ("size", "epochs", "views", "tune_from_block",
-                                                "max_images", "threads", "seed")}
+    overrides = {
+        k: getattr(args, k)
+        for k in ("size", "epochs", "views", "tune_from_block", "max_images", "threads", "seed")
+    }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     train_tagger(args.data_dir, args.out, cfg)
     return 0
@@ -153,8 +160,14 @@ def _train_tagger(args: argparse.Namespace) -> int:
 def _evaluate_tagger(args: argparse.Namespace) -> int:
     from mlsys.tagger.evaluate import evaluate_tagger
 
-    evaluate_tagger(args.data_dir, args.model, args.out, variant=args.variant,
-                    corruptions=not args.no_corruptions, baseline=not args.no_baseline)
+    evaluate_tagger(
+        args.data_dir,
+        args.model,
+        args.out,
+        variant=args.variant,
+        corruptions=not args.no_corruptions,
+        baseline=not args.no_baseline,
+    )
     return 0
 
 
