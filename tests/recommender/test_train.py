@@ -159,3 +159,35 @@ def test_pooled_chunks_equal_unpooled_and_early_stop_does_not_hang(tiny_data: Pa
     )
     next(stream)
     stream.close()  # the consumer stops early: the reader thread must exit, not block
+
+
+def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """A real kill: SIGKILL the CLI process once epoch 1's checkpoint is on disk (epoch 2 is
+    running), then `--resume`; the result equals a run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--epochs", "2", "--batch-size", "8", "--threads", "1", "--no-progress"]
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mlsys", "train", "ranknet", str(tiny_data), "--out", str(out)]
+    proc = subprocess.Popen([*cmd, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.pt").exists(), "the run finished before the kill; slow it down"
+
+    assert main(["train", "ranknet", str(tiny_data), "--out", str(out), "--resume", *args]) == 0
+    quiet = {"progress": False, "evaluate_test": False, "log": lambda *_: None}
+    full = train(tiny_data, tmp_path / "full", _cfg(batch_size=8), **quiet)  # type: ignore[arg-type]
+    resumed, _ = load_ranknet(out)
+    for key, want in full.model.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], want), key
