@@ -24,8 +24,8 @@ test: install
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks perf_test
-	$(VENV)/bin/ruff format --check src tests benchmarks perf_test
+	$(VENV)/bin/ruff check src tests benchmarks perf_test notebooks/build_garment_tagging.py
+	$(VENV)/bin/ruff format --check src tests benchmarks perf_test notebooks/build_garment_tagging.py
 	$(VENV)/bin/mypy
 
 clean:
