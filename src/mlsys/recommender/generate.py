@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import shutil
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from mlsys.atomic import atomic_directory, ignore_sigint
 from mlsys.errors import MlsysError
 from mlsys.recommender.data import (
     MANIFEST,
@@ -133,11 +132,6 @@ _USERS10: npt.NDArray[np.float32] | None = None
 _RESTAURANTS: npt.NDArray[np.float32] | None = None
 
 
-def _init_worker() -> None:
-    # The parent handles Ctrl-C (and cleans up); workers just get terminated.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def draw_clicks(
     rng: np.random.Generator,
     rows: int,
@@ -209,36 +203,14 @@ def generate_clicks(
     if scale not in SCALES:
         raise MlsysError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}")
     sizes = SCALES[scale]
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise MlsysError(f"{out} already exists and is not empty; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    (staging / "train").mkdir(parents=True)
-    (staging / "test").mkdir()
     started = time.perf_counter()
-    try:
+    with atomic_directory(Path(out_dir), force) as staging:
+        (staging / "train").mkdir()
+        (staging / "test").mkdir()
         manifest = _generate_into(staging, scale, sizes, seed, workers, progress)
         manifest["seconds"] = round(time.perf_counter() - started, 2)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _swap_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
-
-
-def _swap_into_place(staging: Path, out: Path) -> None:
-    """Replace `out` by `staging` so that a reader sees either the old or the new dataset."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def _generate_into(
@@ -286,7 +258,7 @@ def _generate_into(
     _USERS10, _RESTAURANTS = users10, restaurants
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     try:
-        with mp.get_context("fork").Pool(n_workers, initializer=_init_worker) as pool:
+        with mp.get_context("fork").Pool(n_workers, initializer=ignore_sigint) as pool:
             for path, rows, size, digest in pool.imap_unordered(_write_click_file, tasks):
                 files[str(Path(path).relative_to(root))] = {
                     "rows": rows,

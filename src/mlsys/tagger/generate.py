@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import shutil
-import signal
 import time
 import uuid as uuidlib
 from collections import Counter
@@ -32,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from mlsys.atomic import atomic_directory, ignore_sigint
 from mlsys.errors import MlsysError
 from mlsys.tagger import latents, render
 from mlsys.tagger.schema import (
@@ -82,10 +81,6 @@ def draw_item(seed: int, index: int) -> tuple[Record, bytes]:
     return record, data
 
 
-def _init_worker() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _render_chunk(task: tuple[Path, int, int, int]) -> list[Record]:
     images, seed, start, stop = task
     out = []
@@ -94,19 +89,6 @@ def _render_chunk(task: tuple[Path, int, int, int]) -> list[Record]:
         (images / f"{record['uuid']}.jpg").write_bytes(data)
         out.append(record)
     return out
-
-
-def _swap_into_place(staging: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
 
 
 def generate_garments(
@@ -121,26 +103,15 @@ def generate_garments(
     """Write a complete garment set to `out_dir` atomically; returns its manifest."""
     if count < 1 or test_count < 1:
         raise MlsysError(f"--count and --test-count must be positive (got {count}, {test_count})")
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise MlsysError(f"{out} already exists and is not empty; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    (staging / IMAGES_DIR).mkdir(parents=True)
     started = time.perf_counter()
-    try:
+    with atomic_directory(Path(out_dir), force) as staging:
+        (staging / IMAGES_DIR).mkdir()
         records = _render_all(staging / IMAGES_DIR, count + test_count, seed, workers, progress)
         seconds = time.perf_counter() - started
         manifest = _write_tables(staging, records, count, seed)
         manifest["seconds"] = round(seconds, 2)
         manifest["images_per_second"] = round((count + test_count) / seconds, 1)
         (staging / GENERATOR_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _swap_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -156,7 +127,7 @@ def _render_all(
             records.extend(_render_chunk(task))
             bar.update(task[3] - task[2])
     else:
-        with mp.get_context("fork").Pool(n_workers, initializer=_init_worker) as pool:
+        with mp.get_context("fork").Pool(n_workers, initializer=ignore_sigint) as pool:
             for chunk in pool.imap_unordered(_render_chunk, tasks):
                 records.extend(chunk)
                 bar.update(len(chunk))
