@@ -44,7 +44,7 @@ def run_demo(workdir: str | Path) -> int:
     print(format_report(evaluate(work / "ranknet", data_dir)))
 
     # Serving (issue 4): Redis + features + API + 10 s at 30 rps, everything stopped after.
-    # Uses the trained model in work/ranknet (a random-init stand-in until training runs).
+    # Serves the model trained in step 2.
     from mlsys.platform.demo_serving import run_serving_steps
 
     run_serving_steps(work, data_dir, model_dir=work / "ranknet", first_step=4)
