@@ -1,19 +1,49 @@
-"""Writing whole datasets atomically: a reader sees the old directory or the new one, never half.
+"""Atomic writes: a reader (or a resumed run) sees the old file or directory or the new one,
+never half of one.
 
-Both generators write into a hidden staging sibling and rename it into place only when
-everything is written, so Ctrl-C, a crash or a full disk leaves the requested name untouched.
+Files (models, checkpoints, metrics) and whole datasets are written under a hidden temporary
+name in the same folder and renamed into place only when complete, so Ctrl-C, SIGKILL, a crash
+or a full disk leaves the target as it was.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from mlsys.errors import MlsysError
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it replaces `path` when the block completes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_file(path) as tmp, tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
 @contextmanager

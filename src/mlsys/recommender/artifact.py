@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mlsys.atomic import atomic_file, atomic_write_json
 from mlsys.errors import MlsysError
 from mlsys.recommender.model import INPUT_FEATURES, RankNet
 
@@ -65,25 +64,6 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + rename, so a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
-
-
 def save_ranknet(
     model: RankNet,
     model_dir: str | Path,
@@ -101,14 +81,8 @@ def save_ranknet(
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.script(model)
     pt_path = out / MODEL_FILE
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{MODEL_FILE}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        scripted.save(tmp)  # type: ignore[no-untyped-call]
-        os.replace(tmp, pt_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(pt_path) as tmp:
+        scripted.save(str(tmp))  # type: ignore[no-untyped-call]
     meta: dict[str, Any] = {
         "name": "ranknet",
         "version": file_version(pt_path),

@@ -21,7 +21,8 @@ import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
-from mlsys.recommender.artifact import atomic_write_json, load_ranknet
+from mlsys.atomic import atomic_write_json
+from mlsys.recommender.artifact import load_ranknet
 from mlsys.recommender.data import ClickDataset, open_dataset
 from mlsys.recommender.fastgrad import FactoredStep
 from mlsys.recommender.model import RankNet

@@ -17,7 +17,6 @@ The loop reads top to bottom: `train()` sets up, `run_epoch()` is one pass over 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,8 +26,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from mlsys.atomic import atomic_file, atomic_write_json
 from mlsys.errors import MlsysError
-from mlsys.recommender.artifact import atomic_write_json, load_ranknet, save_ranknet
+from mlsys.recommender.artifact import load_ranknet, save_ranknet
 from mlsys.recommender.data import ClickDataset, open_dataset
 from mlsys.recommender.fastgrad import FactoredStep
 from mlsys.recommender.model import RankNet
@@ -180,14 +180,8 @@ def _save_checkpoint(
         "history": [asdict(h) for h in history],
         "data_checksum": data_checksum,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # Settings that change the result: a resumed run must match the checkpoint on all of them.
