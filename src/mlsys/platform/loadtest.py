@@ -52,6 +52,17 @@ def parse_url(url: str) -> Target:
     return Target(parts.hostname, parts.port or 80, parts.path.rstrip("/"))
 
 
+def http_post(target: Target, path: str, body: bytes, content_type: str) -> bytes:
+    """A complete, ready-to-send HTTP/1.1 POST: the generator only writes bytes on the hot path."""
+    head = (
+        f"POST {target.base_path}{path} HTTP/1.1\r\n"
+        f"Host: {target.host}:{target.port}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
 def load_requests(path: str | Path, target: Target) -> list[bytes]:
     """Each row of requests.parquet as a ready-to-send HTTP request."""
     from mlsys.recommender.data import REQUESTS_SCHEMA, open_parquet, read_columns
@@ -74,13 +85,7 @@ def load_requests(path: str | Path, target: Target) -> list[bytes]:
             },
             separators=(",", ":"),
         ).encode()
-        head = (
-            f"POST {target.base_path}/recommend/{row['user_id']} HTTP/1.1\r\n"
-            f"Host: {target.host}:{target.port}\r\n"
-            "Content-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        out.append(head + body)
+        out.append(http_post(target, f"/recommend/{row['user_id']}", body, "application/json"))
     return out
 
 
