@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from mlsys.files import file_version
 from mlsys.recommender.artifact import (
     STATE_KEYS,
     ArtifactError,
-    file_version,
     load_ranknet,
     save_ranknet,
 )

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlsys.files import file_version
 from mlsys.tagger import metrics as M
-from mlsys.tagger.export import file_version
 from mlsys.tagger.model import load_pretrained
 from mlsys.tagger.schema import CATEGORIES, COLORS, TAGS
 from mlsys.tagger.train import Labelled, stratified_split

@@ -13,7 +13,6 @@ is a valid model, and evaluating it against ours is part of the task.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import warnings
@@ -22,13 +21,12 @@ from typing import Any
 
 import torch
 
-from mlsys.atomic import atomic_file, atomic_write_json
 from mlsys.errors import MlsysError
+from mlsys.files import atomic_file, atomic_write_json, file_version
 from mlsys.recommender.model import INPUT_FEATURES, RankNet
 
 MODEL_FILE = "model.pt"
 META_FILE = "model.json"
-VERSION_CHARS = 12
 STATE_KEYS = (
     "model.0.weight",
     "model.0.bias",
@@ -41,15 +39,6 @@ STATE_KEYS = (
 
 class ArtifactError(MlsysError):
     """A model directory or file is missing, unreadable or inconsistent with its metadata."""
-
-
-def file_version(path: Path) -> str:
-    """The artifact's identity: what serving logs and `/metrics` report as the model version."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()[:VERSION_CHARS]
 
 
 def library_versions() -> dict[str, str]:

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlsys.errors import DatasetError
+from mlsys.files import sha256_file
 from mlsys.recommender.model import RESTAURANT_FEATURES, USER_FEATURES
 
 MANIFEST = "manifest.json"
@@ -346,14 +347,6 @@ def open_dataset(root: str | Path, *, verify_checksums: bool = False) -> ClickDa
         manifest=manifest,
         has_requests=has_requests,
     )
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_manifest(root: Path, manifest: dict[str, Any], verify_checksums: bool) -> None:

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
-from mlsys.atomic import atomic_write_json
+from mlsys.files import atomic_write_json
 from mlsys.recommender.artifact import load_ranknet
 from mlsys.recommender.data import ClickDataset, open_dataset
 from mlsys.recommender.fastgrad import FactoredStep

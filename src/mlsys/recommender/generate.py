@@ -29,14 +29,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from mlsys.atomic import atomic_directory, ignore_sigint
 from mlsys.errors import MlsysError
+from mlsys.files import atomic_directory, ignore_sigint, sha256_file
 from mlsys.recommender.data import (
     MANIFEST,
     REQUESTS_FILE,
     RESTAURANTS_FILE,
     USERS_FILE,
-    sha256_file,
 )
 from mlsys.recommender.model import RESTAURANT_FEATURES, USER_FEATURES
 

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from mlsys.atomic import atomic_file, atomic_write_json
 from mlsys.errors import MlsysError
+from mlsys.files import atomic_file, atomic_write_json
 from mlsys.recommender.artifact import load_ranknet, save_ranknet
 from mlsys.recommender.data import ClickDataset, open_dataset
 from mlsys.recommender.fastgrad import FactoredStep

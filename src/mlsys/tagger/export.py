@@ -10,7 +10,6 @@ Lite's ReLU6 activations have the bounded ranges that make calibration easy.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -111,8 +110,3 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> 
             nodes_to_exclude=keep_float,
         )
     return int8_path
-
-
-def file_version(path: Path) -> str:
-    """Model version: the first 12 hex digits of the ONNX file's sha256."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]

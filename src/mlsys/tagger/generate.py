@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from mlsys.atomic import atomic_directory, ignore_sigint
 from mlsys.errors import MlsysError
+from mlsys.files import atomic_directory, ignore_sigint
 from mlsys.tagger import latents, render
 from mlsys.tagger.schema import (
     CATEGORIES,

@@ -37,9 +37,10 @@ from torch import nn
 from tqdm import tqdm
 
 from mlsys.errors import MlsysError
+from mlsys.files import file_version
 from mlsys.tagger import metrics as M
 from mlsys.tagger.augment import augment
-from mlsys.tagger.export import export_onnx, export_prefix_onnx, file_version, quantize_int8
+from mlsys.tagger.export import export_onnx, export_prefix_onnx, quantize_int8
 from mlsys.tagger.model import NUM_BLOCKS, GarmentTagger, build_tagger
 from mlsys.tagger.preprocess import PreprocessConfig, load_image, to_array
 from mlsys.tagger.schema import CATEGORIES, COLORS, TAGS, GarmentDataset, open_garments

@@ -1,4 +1,6 @@
-"""Atomic writes: a reader (or a resumed run) sees the old file or directory or the new one,
+"""File helpers shared by every stage: atomic writes and content hashes.
+
+Atomic writes: a reader (or a resumed run) sees the old file or directory or the new one,
 never half of one.
 
 Files (models, checkpoints, metrics) and whole datasets are written under a hidden temporary
@@ -8,6 +10,7 @@ or a full disk leaves the target as it was.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from mlsys.errors import MlsysError
+
+VERSION_CHARS = 12
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_version(path: Path) -> str:
+    """A model file's identity (first 12 hex digits of its sha256): what logs, /metrics and
+    the JSON beside the model report as its version, so metadata that drifted is detected."""
+    return sha256_file(path)[:VERSION_CHARS]
 
 
 @contextmanager
