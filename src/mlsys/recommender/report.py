@@ -75,20 +75,18 @@ def _feature_grid(x: npt.NDArray[np.float32], title: str, out: Path, name: str) 
     return _save(fig, out, name)
 
 
-def _clusters(
+def _kmeans(x: npt.NDArray[np.float32], k: int, seed: int) -> MiniBatchKMeans:
+    return MiniBatchKMeans(k, random_state=seed, n_init=3, batch_size=4096).fit(x)
+
+
+def _elbow(
     x: npt.NDArray[np.float32], seed: int = 0
-) -> tuple[FloatArray, npt.NDArray[np.int64], FloatArray]:
-    """Inertia for k = 2..15 (the elbow) and a 10-means labelling, on a sample."""
+) -> tuple[FloatArray, FloatArray, MiniBatchKMeans]:
+    """Relative inertia for k = 2..15 (the elbow) and the k = 10 fit, on a sample."""
     ks = np.arange(2, 16)
-    inertia = np.array(
-        [
-            MiniBatchKMeans(k, random_state=seed, n_init=3, batch_size=4096).fit(x).inertia_
-            for k in ks
-        ],
-        dtype=np.float64,
-    )
-    labels = MiniBatchKMeans(10, random_state=seed, n_init=3, batch_size=4096).fit_predict(x)
-    return inertia / inertia[0], labels.astype(np.int64), ks.astype(np.float64)
+    fits = [_kmeans(x, int(k), seed) for k in ks]
+    inertia = np.array([f.inertia_ for f in fits], dtype=np.float64)
+    return inertia / inertia[0], ks.astype(np.float64), fits[int(np.flatnonzero(ks == 10)[0])]
 
 
 def _percentiles(x: npt.ArrayLike) -> str:
@@ -192,26 +190,20 @@ def write_data_report(
 
     # Cluster structure.
     sample_u = users[rng.choice(len(users), min(len(users), 20_000), replace=False)]
-    inertia, labels, ks = _clusters(sample_u, seed)
+    inertia, ks, user_kmeans = _elbow(sample_u, seed)
     xy = _pca2(sample_u)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     axes[0].plot(ks, inertia, "o-")
     axes[0].set(xlabel="k", ylabel="inertia / inertia(k=2)", title="k-means elbow (user features)")
-    axes[1].scatter(xy[:, 0], xy[:, 1], c=labels, s=2, cmap="tab10")
+    axes[1].scatter(xy[:, 0], xy[:, 1], c=user_kmeans.labels_, s=2, cmap="tab10")
     axes[1].set(title="Users, first two principal components", xlabel="PC1", ylabel="PC2")
-    r_labels = MiniBatchKMeans(10, random_state=seed, n_init=3, batch_size=4096).fit_predict(rests)
-    u_of = (
-        MiniBatchKMeans(10, random_state=seed, n_init=3, batch_size=4096)
-        .fit(sample_u)
-        .predict(users[train.users])
-    )
-    r_of = r_labels[train.restaurants]
-    heat = np.full((10, 10), np.nan)
-    for a in range(10):
-        for b in range(10):
-            mask = (u_of == a) & (r_of == b)
-            if mask.any():
-                heat[a, b] = train.clicks[mask].mean()
+    u_of = user_kmeans.predict(users[train.users])
+    r_of = _kmeans(rests, 10, seed).labels_[train.restaurants]
+    pair = u_of * 10 + r_of
+    shown = np.bincount(pair, minlength=100)
+    clicked = np.bincount(pair, weights=train.clicks, minlength=100)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        heat = np.where(shown > 0, clicked / shown, np.nan).reshape(10, 10)
     im = axes[2].imshow(heat, cmap="RdBu_r", vmin=0, vmax=1)
     axes[2].set(
         title="Click rate by user x restaurant cluster",
