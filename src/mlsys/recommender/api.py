@@ -22,6 +22,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -36,6 +37,8 @@ from mlsys.recommender.features import (
     OnlineStore,
     connect,
     read_meta,
+    set_restaurant,
+    set_user,
 )
 from mlsys.recommender.service import Query, load_model, rank
 
@@ -214,47 +217,41 @@ def component(settings: Settings) -> Component:
             raise InvalidRequest("features", "must be a list of numbers")
         return data
 
-    async def update_user(request: Request) -> Response:
-        from mlsys.recommender.features import set_user
+    def set_user_from(user_id: int, data: dict[str, Any]) -> str:
+        if data.get("features") is None:
+            raise InvalidRequest("features", "is required")
+        return set_user(client, user_id, data["features"])
 
-        denied = authorized(request)
-        if denied is not None:
-            return denied
-        try:
-            user_id = parse_user_id(request.path_params["user_id"])
-            data = await admin_body(request)
-            if data.get("features") is None:
-                raise InvalidRequest("features", "is required")
-            key = set_user(client, user_id, data["features"])
-        except InvalidRequest as exc:
-            return invalid(exc)
-        except InvalidFeatures as exc:
-            return invalid(InvalidRequest(exc.field, exc.message))
-        except redis_errors as exc:
-            return _unavailable(exc)
-        FEATURE_UPDATES.labels("user").inc()
-        return JSONResponse({"updated": key})
+    def set_restaurant_from(restaurant_id: int, data: dict[str, Any]) -> str:
+        lat = None if data.get("latitude") is None else _number(data, "latitude", None)
+        lon = None if data.get("longitude") is None else _number(data, "longitude", None)
+        return set_restaurant(client, restaurant_id, data.get("features"), lat, lon)
 
-    async def update_restaurant(request: Request) -> Response:
-        from mlsys.recommender.features import set_restaurant
+    def admin_update(
+        entity: str, id_param: str, apply: Callable[[int, dict[str, Any]], str]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """PUT handler for one entity kind: token, id, body, write, and the same error mapping."""
 
-        denied = authorized(request)
-        if denied is not None:
-            return denied
-        try:
-            restaurant_id = parse_user_id(request.path_params["restaurant_id"])
-            data = await admin_body(request)
-            lat = None if data.get("latitude") is None else _number(data, "latitude", None)
-            lon = None if data.get("longitude") is None else _number(data, "longitude", None)
-            key = set_restaurant(client, restaurant_id, data.get("features"), lat, lon)
-        except InvalidRequest as exc:
-            return invalid(exc)
-        except InvalidFeatures as exc:
-            return invalid(InvalidRequest(exc.field, exc.message))
-        except redis_errors as exc:
-            return _unavailable(exc)
-        FEATURE_UPDATES.labels("restaurant").inc()
-        return JSONResponse({"updated": key})
+        async def handler(request: Request) -> Response:
+            denied = authorized(request)
+            if denied is not None:
+                return denied
+            try:
+                entity_id = parse_user_id(request.path_params[id_param])
+                key = apply(entity_id, await admin_body(request))
+            except InvalidRequest as exc:
+                return invalid(exc)
+            except InvalidFeatures as exc:
+                return invalid(InvalidRequest(exc.field, exc.message))
+            except redis_errors as exc:
+                return _unavailable(exc)
+            FEATURE_UPDATES.labels(entity).inc()
+            return JSONResponse({"updated": key})
+
+        return handler
+
+    update_user = admin_update("user", "user_id", set_user_from)
+    update_restaurant = admin_update("restaurant", "restaurant_id", set_restaurant_from)
 
     def redis_check() -> str | None:
         client.ping()
