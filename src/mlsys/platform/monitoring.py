@@ -75,14 +75,6 @@ def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def worker_exited(pid: int) -> None:
-    """Drop a dead worker's live gauges (counters and histograms stay summed)."""
-    if os.environ.get(MULTIPROC_ENV):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-
-
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: what log shippers parse without configuration."""
 
