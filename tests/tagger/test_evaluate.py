@@ -38,3 +38,8 @@ def test_evaluate_writes_metrics_plots_robustness_and_baseline(
     assert np.array(result["confusion_matrix"]).sum() == result["n"]
     assert {"top1", "top2", "tag_macro_f1"} <= set(result["pixel_baseline"])
     assert result["ceiling_top1"] is None or 0.0 < result["ceiling_top1"] <= 1.0
+    # The generated set has latents, so errors are broken down against the Bayes classifier.
+    cm = np.array(result["confusion_matrix"])
+    assert sum(e["model"] for e in result["error_pairs"]) == cm.sum() - np.trace(cm)
+    assert all(e["true"] != e["predicted"] for e in result["error_pairs"])
+    assert "| true | predicted | model | Bayes | excess |" in (out / "report.md").read_text()

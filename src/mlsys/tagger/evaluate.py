@@ -1,7 +1,8 @@
 """`mlsys evaluate tagger`: the deployed model on the held-out test set, judged as the task does.
 
 Reports top-1/top-2 accuracy, per-tag precision/recall/F1 at the thresholds chosen on
-validation, the generator's Bayes ceiling beside top-1, a raw-pixel linear baseline (if
+validation, the generator's Bayes ceiling beside top-1 (and, on generated data, the errors per
+category pair beside the Bayes classifier's), a raw-pixel linear baseline (if
 it came close, the images would be too easy to say anything about the network), and top-1
 under the four mild corruptions. Writes metrics.json, report.md and PNGs (confusion matrix,
 precision-recall curves) to the output folder.
@@ -44,6 +45,46 @@ def ceiling(data: GarmentDataset) -> dict[str, float] | None:
     if not isinstance(test, dict) or "expected_top1" not in test:
         return None
     return {k: float(v) for k, v in test.items() if isinstance(v, int | float)}
+
+
+def error_pairs(
+    data_dir: Path, uuids: list[str], y: np.ndarray, pred: np.ndarray
+) -> list[dict[str, Any]] | None:
+    """Top-1 errors per (true, predicted) pair, the model's beside the Bayes classifier's.
+
+    The Bayes classifier (argmax of the generator's p(category | shape latents), in
+    latents.parquet) makes the errors no image model can avoid; the model's excess over it,
+    pair by pair, says which shape cue the network still misreads (hem length for mini vs
+    casual dresses, collar/placket/hem for blouses vs shirts). None without latents.parquet,
+    i.e. on real data.
+    """
+    import pyarrow.parquet as pq
+
+    from mlsys.tagger.generate import LATENTS_FILE
+
+    path = data_dir / LATENTS_FILE
+    if not path.is_file():
+        return None
+    cols = [f"p_{c}" for c in CATEGORIES]
+    table = pq.read_table(path, columns=["uuid", *cols])
+    row = {u: i for i, u in enumerate(table.column("uuid").to_pylist())}
+    if any(u not in row for u in uuids):
+        raise MlsysError(f"{path}: has no latents for some test items (column uuid)")
+    post = np.stack([table.column(c).to_numpy() for c in cols], 1)
+    bayes = post[[row[u] for u in uuids]].argmax(1)
+    n = len(CATEGORIES)
+    cm_model, cm_bayes = confusion(y, pred, n), confusion(y, bayes, n)
+    return [
+        {
+            "true": CATEGORIES[t],
+            "predicted": CATEGORIES[q],
+            "model": int(cm_model[t, q]),
+            "bayes": int(cm_bayes[t, q]),
+        }
+        for t in range(n)
+        for q in range(n)
+        if t != q and cm_model[t, q] + cm_bayes[t, q] > 0
+    ]
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
@@ -210,6 +251,11 @@ def evaluate_tagger(
     )
     plot_pr(probs.tags, test.tags, model.thresholds, out / "pr_curves.png")
     log(_line("model", result))
+    pairs = error_pairs(Path(data_dir), test.uuids, test.category, probs.category.argmax(1))
+    if pairs is not None:
+        result["error_pairs"] = sorted(pairs, key=lambda e: -(e["model"] - e["bayes"]))
+        excess = sum(e["model"] - e["bayes"] for e in pairs)
+        log(f"top-1 errors beyond the Bayes classifier's: {excess} of {result['n']} items")
 
     if corruptions:
         rob: dict[str, Any] = {}
@@ -275,6 +321,20 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"| {t} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} "
             f"| {v['threshold']:.3f} | {v['support']} |"
         )
+    if "error_pairs" in r:
+        lines += [
+            "",
+            "Top-1 errors by pair, the model's and the Bayes classifier's (argmax of "
+            "the generator's posterior): the excess is what the network misreads.",
+            "",
+            "| true | predicted | model | Bayes | excess |",
+            "|---|---|---|---|---|",
+        ]
+        for e in r["error_pairs"]:
+            lines.append(
+                f"| {e['true']} | {e['predicted']} | {e['model']} | {e['bayes']} "
+                f"| {e['model'] - e['bayes']:+d} |"
+            )
     if "corruptions" in r:
         lines += ["", "| corruption | top-1 | drop |", "|---|---|---|"]
         for name, v in r["corruptions"].items():
