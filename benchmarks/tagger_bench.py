@@ -19,34 +19,23 @@ from pathlib import Path
 import numpy as np
 
 from mlsys.tagger import metrics as M
-from mlsys.tagger.augment import CORRUPTIONS
 from mlsys.tagger.bench import bench_tagger, load_test_images
-from mlsys.tagger.evaluate import _corruption_transform
+from mlsys.tagger.evaluate import robustness
 from mlsys.tagger.inference import TaggerModel
 from mlsys.tagger.predict import batched_probabilities
 from mlsys.tagger.schema import open_garments
-from mlsys.tagger.train import labelled
+from mlsys.tagger.train import labelled_test
 
 
-def robustness(data_dir: str, model_dir: str, limit: int) -> dict[str, dict[str, float]]:
+def robustness_check(data_dir: str, model_dir: str, limit: int) -> dict[str, dict[str, float]]:
+    """The evaluation's robustness check on the first `limit` test images."""
     data = open_garments(data_dir)
-    assert data.test_labels is not None, "robustness needs test_labels.parquet"
-    lab = labelled(data.test_labels)
-    idx = {u: i for i, u in enumerate(lab.uuids)}
-    uuids = data.test_uuids[:limit]
-    y = lab.category[[idx[u] for u in uuids]]
-    paths = [data.image_path(u) for u in uuids]
+    y = labelled_test(data).category[:limit]
+    paths = [data.image_path(u) for u in data.test_uuids[:limit]]
     model = TaggerModel(model_dir, threads=2)
     clean = M.topk_accuracy(batched_probabilities(model, paths, progress=False).category, y, 1)
-    out = {"clean": {"top1": clean, "drop": 0.0}}
-    for name in CORRUPTIONS:
-        probs = batched_probabilities(
-            model, paths, transform=_corruption_transform(name), progress=False
-        )
-        top1 = M.topk_accuracy(probs.category, y, 1)
-        out[name] = {"top1": top1, "drop": clean - top1}
-        print(f"robustness {name:18s} top-1 {top1:.4f} (drop {clean - top1:+.4f})")
-    return out
+    rob = robustness(model, paths, y, clean, progress=False, log=lambda s: print("robustness" + s))
+    return {"clean": {"top1": clean, "drop": 0.0}, **rob}
 
 
 def main() -> None:
@@ -67,7 +56,9 @@ def main() -> None:
         "speed": bench_tagger(args.model_dir, np.ascontiguousarray(images, np.float32), labels),
     }
     if args.robustness_images:
-        result["robustness"] = robustness(args.data_dir, args.model_dir, args.robustness_images)
+        result["robustness"] = robustness_check(
+            args.data_dir, args.model_dir, args.robustness_images
+        )
     result["seconds"] = time.time() - t0
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))

@@ -206,11 +206,9 @@ print(f"validation top-1: ONNX fp32 {meta['val_top1_fp32_onnx']:.4f}, INT8 {meta
 from mlsys.tagger import metrics as M
 from mlsys.tagger.evaluate import confusion, plot_confusion, plot_pr
 from mlsys.tagger.predict import batched_probabilities
-from mlsys.tagger.train import labelled
+from mlsys.tagger.train import labelled_test
 
-lab = labelled(data.test_labels)
-index = {u: i for i, u in enumerate(lab.uuids)}
-test = lab.subset(np.array([index[u] for u in data.test_uuids]))
+test = labelled_test(data)
 probs = batched_probabilities(model, [data.image_path(u) for u in test.uuids], progress=False)
 res = M.summary({"category": probs.category, "tags": probs.tags, "colour": probs.colour},
                 test.category, test.tags, test.colour, model.thresholds)

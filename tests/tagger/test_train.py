@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
+import pytest
 import torch
 
+from mlsys.errors import MlsysError
 from mlsys.files import file_version
 from mlsys.tagger import metrics as M
 from mlsys.tagger.model import load_pretrained
-from mlsys.tagger.schema import CATEGORIES, COLORS, TAGS
-from mlsys.tagger.train import Labelled, stratified_split
+from mlsys.tagger.schema import CATEGORIES, COLORS, TAGS, open_garments
+from mlsys.tagger.train import Labelled, labelled_test, stratified_split
 
 
 def _labels(n: int, seed: int = 0) -> Labelled:
@@ -80,3 +84,17 @@ def test_training_only_changes_the_tuned_blocks(tagger_model: Path) -> None:
         k for k in pretrained if k.startswith(f"_blocks.{tuned_from}.") and k.endswith("weight")
     ]
     assert any(not torch.equal(trained["backbone." + k], pretrained[k]) for k in changed)
+
+
+def test_test_labels_come_in_test_parquet_order(garments_tiny: Path, tmp_path: Path) -> None:
+    data = open_garments(garments_tiny)
+    test = labelled_test(data)
+    assert test.uuids == data.test_uuids
+    rows = {r["uuid"]: r for r in pq.read_table(garments_tiny / "test_labels.parquet").to_pylist()}
+    assert [CATEGORIES[c] for c in test.category] == [rows[u]["cc3"] for u in test.uuids]
+
+    bare = tmp_path / "kit"
+    shutil.copytree(garments_tiny, bare)
+    (bare / "test_labels.parquet").unlink()
+    with pytest.raises(MlsysError, match=r"no test_labels\.parquet"):
+        labelled_test(open_garments(bare))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mlsys.tagger import metrics as M
-from mlsys.tagger.inference import TaggerModel, load_meta, make_session
+from mlsys.tagger.inference import load_meta, make_session
 
 
 def _time(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
@@ -77,6 +77,7 @@ def bench_tagger(
         "onnx_fp32": (model_dir / meta["fp32_file"], "onnx"),
         "onnx_int8": (model_dir / meta["int8_file"], "onnx"),
     }
+    eager = _eager(model_dir, meta)  # thread count is torch's global setting, set per row
     one = images[:1].copy()
     batch = np.ascontiguousarray(images[:32])
     results: dict[str, Any] = {
@@ -87,7 +88,7 @@ def bench_tagger(
         row: dict[str, Any] = {"file": path.name, "file_mb": path.stat().st_size / 1e6}
         for threads, key in ((1, "b1"), (2, "b32")):
             torch.set_num_threads(threads)
-            run = _eager(model_dir, meta) if kind is None else _onnx(path, threads)
+            run = eager if kind is None else _onnx(path, threads)
             if key == "b1":
                 t = _time(lambda r=run: r(one), repeats_b1, warmup=10)  # type: ignore[misc]
                 row["ms_per_image_b1_1thread"] = statistics.median(t) * 1e3
@@ -119,18 +120,15 @@ def bench_tagger(
 def load_test_images(
     data_dir: str | Path, model_dir: str | Path, limit: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Up to `limit` preprocessed test images (and labels when the data has them)."""
-    from mlsys.tagger.preprocess import load_image
+    """Up to `limit` test images, preprocessed as the model expects (and their categories when
+    the data has test labels)."""
+    from mlsys.tagger.preprocess import PreprocessConfig, load_image, to_array
     from mlsys.tagger.schema import open_garments
-    from mlsys.tagger.train import labelled
+    from mlsys.tagger.train import labelled_test
 
     data = open_garments(data_dir)
-    model = TaggerModel(model_dir)
+    config = PreprocessConfig(**load_meta(model_dir)["preprocessing"])
     uuids = data.test_uuids[:limit]
-    x = np.stack([model.prepare(load_image(data.image_path(u))) for u in uuids])
-    y = None
-    if data.test_labels is not None:
-        lab = labelled(data.test_labels)
-        idx = {u: i for i, u in enumerate(lab.uuids)}
-        y = lab.category[[idx[u] for u in uuids]]
+    x = np.stack([to_array(load_image(data.image_path(u)), config) for u in uuids])
+    y = None if data.test_labels is None else labelled_test(data).category[: len(uuids)]
     return x, y

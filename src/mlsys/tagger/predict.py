@@ -8,13 +8,14 @@ this function is one the graders' reader accepts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 from tqdm import tqdm
 
 from mlsys.tagger.inference import Probabilities, TaggerModel
@@ -26,7 +27,7 @@ def batched_probabilities(
     model: TaggerModel,
     paths: Sequence[Path],
     batch_size: int = 32,
-    transform: object = None,
+    transform: Callable[[Image.Image, int], Image.Image] | None = None,
     desc: str = "predict",
     progress: bool = True,
 ) -> Probabilities:
@@ -38,7 +39,7 @@ def batched_probabilities(
     def prepare(i: int) -> np.ndarray:
         img = load_image(paths[i])
         if transform is not None:
-            img = transform(img, i)  # type: ignore[operator]
+            img = transform(img, i)
         return model.prepare(img)
 
     def batches() -> Iterator[np.ndarray]:
@@ -57,7 +58,9 @@ def batched_probabilities(
             bar.update(len(batch))
     if not cats:
         return Probabilities(
-            np.zeros((0, 5), np.float32), np.zeros((0, 3), np.float32), np.zeros((0, 1))
+            np.zeros((0, len(model.categories)), np.float32),
+            np.zeros((0, len(model.tags)), np.float32),
+            np.zeros((0, len(model.colours)), np.float32),
         )
     return Probabilities(np.concatenate(cats), np.concatenate(tags), np.concatenate(cols))
 

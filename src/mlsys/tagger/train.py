@@ -118,6 +118,18 @@ def labelled(table: Any) -> Labelled:
     )
 
 
+def labelled_test(data: GarmentDataset) -> Labelled:
+    """test_labels.parquet's labels in test.parquet's order: what predictions are scored
+    against (open_garments has checked that both hold the same uuids)."""
+    if data.test_labels is None:
+        raise MlsysError(
+            f"{data.root}: no test_labels.parquet, so there is nothing to score predictions against"
+        )
+    lab = labelled(data.test_labels)
+    row = {u: i for i, u in enumerate(lab.uuids)}
+    return lab.subset(np.array([row[u] for u in data.test_uuids], np.int64))
+
+
 def stratified_split(
     labels: Labelled, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
