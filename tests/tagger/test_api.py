@@ -14,12 +14,13 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from mlsys.tagger.api import MAX_BODY_BYTES, routes
+from mlsys.tagger.inference import TaggerModel
 from mlsys.tagger.schema import CATEGORIES, TAGS
 
 
 @pytest.fixture(scope="module")
 def client(tagger_model: Path) -> Iterator[TestClient]:
-    app = Starlette(routes=routes(tagger_model))
+    app = Starlette(routes=routes(TaggerModel(tagger_model)))
     with TestClient(app) as c:
         yield c
 

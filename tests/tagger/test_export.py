@@ -66,7 +66,7 @@ def test_preprocessing_parity_file_bytes_and_api(tagger_model: Path, garments_ti
     from_bytes = model.prepare(decode_image(data.image_bytes(uuid)))
     np.testing.assert_array_equal(from_file, from_bytes)
     expected = model.run(from_file[None])
-    with TestClient(Starlette(routes=routes(tagger_model))) as client:
+    with TestClient(Starlette(routes=routes(TaggerModel(tagger_model)))) as client:
         body = client.post("/tag", content=data.image_bytes(uuid)).json()
     top = body["categories"][0]
     assert top["category"] == model.categories[int(expected.category[0].argmax())]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import email.parser
 import email.policy
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -137,10 +136,9 @@ class TagEndpoint:
         return JSONResponse(result)
 
 
-def routes(model_dir: str | Path, threads: int = 1) -> list[BaseRoute]:
+def routes(model: TaggerModel) -> list[BaseRoute]:
     """The tagger's routes, for any Starlette app (the platform server, tests)."""
-    endpoint = TagEndpoint(TaggerModel(model_dir, threads=threads))
-    return [Route("/tag", endpoint.handle, methods=["POST"])]
+    return [Route("/tag", TagEndpoint(model).handle, methods=["POST"])]
 
 
 def component(settings: Any) -> Any:
@@ -149,14 +147,13 @@ def component(settings: Any) -> Any:
     from mlsys.platform.server import Component
 
     model = TaggerModel(settings.tagger_model_dir, threads=1)
-    endpoint = TagEndpoint(model)
 
     def model_loaded() -> str | None:
         return None if model.session is not None else "tagger model not loaded"
 
     return Component(
         name="tagger",
-        routes=[Route("/tag", endpoint.handle, methods=["POST"])],
+        routes=routes(model),
         checks={"model": model_loaded},
         max_body_bytes=MAX_BODY_BYTES,
     )

