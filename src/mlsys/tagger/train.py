@@ -216,7 +216,7 @@ def _nhwc(acts: torch.Tensor) -> torch.Tensor:
     """Cached float16 activations -> float32 in channels-last layout.
 
     With the tuned blocks also channels-last, oneDNN runs the depthwise and 1x1 convolutions
-    without layout conversions: a training step takes 0.61x the time of the default NCHW
+    without layout conversions: a training step takes 0.60x the time of the default NCHW
     layout here (benchmarks/tagger_train_step.py).
     """
     return acts.float().contiguous(memory_format=torch.channels_last)
@@ -400,6 +400,7 @@ def _onnx_probs(path: Path, images: torch.Tensor, threads: int) -> dict[str, np.
 
     sess = make_session(path, threads=threads)
     outs: list[list[np.ndarray]] = [[], [], []]
+    # Small batches keep ONNX Runtime's memory arena small (see cache_prefix).
     for i in range(0, len(images), 16):
         res = sess.run(None, {"image": images[i : i + 16].numpy()})
         for k in range(3):
