@@ -4,7 +4,7 @@
 
 `mlsys train tagger` spends most of its time in forward + backward + AdamW over the tuned
 blocks (8-15), the head convolution and the heads, on batches of 64 cached activations. This
-times exactly that step (the trainer's own `_trainable`, `_nhwc` and loss) in both memory
+times exactly that step (the trainer's own `_trainable`, `_nhwc` and `train_step`) in both memory
 layouts, interleaved so that a noisy neighbour slows both alike, and prints medians and the
 ratio. No data set is needed: the inputs are random activations of the cached shape.
 """
@@ -20,7 +20,7 @@ import torch
 
 from mlsys.tagger.model import build_tagger
 from mlsys.tagger.schema import COLORS, TAGS
-from mlsys.tagger.train import TrainConfig, _loss, _nhwc, _set_mode, _trainable
+from mlsys.tagger.train import TrainConfig, _nhwc, _set_mode, _trainable, train_step
 
 
 def main() -> None:
@@ -47,11 +47,7 @@ def main() -> None:
         tagger.to(memory_format=fmt)  # type: ignore[call-overload]
         x = _nhwc(acts) if layout == "channels_last" else acts.float()
         t0 = time.perf_counter()
-        out = tagger.forward_from(x, cfg.tune_from_block)
-        loss = _loss(out, y_cat, y_tag, y_col, pos_weight, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
+        train_step(tagger, opt, x, (y_cat, y_tag, y_col), pos_weight, cfg)
         return time.perf_counter() - t0
 
     _set_mode(tagger, cfg.tune_from_block, train=True)

@@ -308,6 +308,24 @@ def _val_loss(
     return total / len(acts)
 
 
+def train_step(
+    tagger: GarmentTagger,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    pos_weight: torch.Tensor,
+    cfg: TrainConfig,
+) -> float:
+    """One optimiser step on a batch of cached activations (category, tags, colour targets);
+    returns the loss. Shared with benchmarks/tagger_train_step.py, which times exactly this."""
+    out = tagger.forward_from(x, cfg.tune_from_block)
+    loss = _loss(out, *y, pos_weight, cfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[no-untyped-call]
+    opt.step()
+    return float(loss.item())
+
+
 def fine_tune(
     tagger: GarmentTagger,
     train_acts: torch.Tensor,
@@ -351,13 +369,10 @@ def fine_tune(
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x = _nhwc(train_acts[idx, view[idx]])
-            out = tagger.forward_from(x, cfg.tune_from_block)
-            loss = _loss(out, y_cat[idx], y_tag[idx], y_col[idx], pos_weight, cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
+            running += train_step(
+                tagger, opt, x, (y_cat[idx], y_tag[idx], y_col[idx]), pos_weight, cfg
+            )
             sched.step()
-            running += loss.item()
             bar.set_postfix(loss=f"{running / (step + 1):.3f}")
         probs = predict_cached(tagger, val_acts, cfg.tune_from_block)
         val_loss = _val_loss(tagger, val_acts, y_val, pos_weight, cfg)
