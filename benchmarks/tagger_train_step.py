@@ -4,9 +4,10 @@
 
 `mlsys train tagger` spends most of its time in forward + backward + AdamW over the tuned
 blocks (8-15), the head convolution and the heads, on batches of 64 cached activations. This
-times exactly that step (the trainer's own `_trainable`, `_nhwc` and `train_step`) in both memory
-layouts, interleaved so that a noisy neighbour slows both alike, and prints medians and the
-ratio. No data set is needed: the inputs are random activations of the cached shape.
+times exactly that step (the trainer's own `_trainable`, `_set_drop_path`, `_nhwc` and
+`train_step`) in both memory layouts, interleaved so that a noisy neighbour slows both alike,
+and prints medians and the ratio. No data set is needed: the inputs are random activations
+of the cached shape.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ import torch
 
 from mlsys.tagger.model import build_tagger
 from mlsys.tagger.schema import COLORS, TAGS
-from mlsys.tagger.train import TrainConfig, _nhwc, _set_mode, _trainable, train_step
+from mlsys.tagger.train import (
+    TrainConfig,
+    _nhwc,
+    _set_drop_path,
+    _set_mode,
+    _trainable,
+    train_step,
+)
 
 
 def main() -> None:
@@ -34,6 +42,7 @@ def main() -> None:
     torch.manual_seed(0)
     tagger = build_tagger(n_colours=len(COLORS), pretrained=True)
     backbone, heads = _trainable(tagger, cfg.tune_from_block)
+    _set_drop_path(tagger, cfg)
     opt = torch.optim.AdamW(backbone + heads, lr=1e-5)
     side = args.size // 16  # blocks 8-15 start at stride 16
     acts = torch.randn(cfg.batch_size, 80, side, side).to(torch.float16)

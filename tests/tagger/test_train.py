@@ -16,7 +16,7 @@ from mlsys.files import file_version
 from mlsys.tagger import metrics as M
 from mlsys.tagger.model import load_pretrained
 from mlsys.tagger.schema import CATEGORIES, COLORS, TAGS, open_garments
-from mlsys.tagger.train import Labelled, labelled_test, stratified_split
+from mlsys.tagger.train import Labelled, _colour_loss, labelled_test, stratified_split
 
 
 def _labels(n: int, seed: int = 0) -> Labelled:
@@ -98,3 +98,15 @@ def test_test_labels_come_in_test_parquet_order(garments_tiny: Path, tmp_path: P
     (bare / "test_labels.parquet").unlink()
     with pytest.raises(MlsysError, match=r"no test_labels\.parquet"):
         labelled_test(open_garments(bare))
+
+
+def test_colour_loss_skips_recoloured_views_and_never_goes_nan() -> None:
+    logits = torch.randn(4, len(COLORS), requires_grad=True)
+    y = torch.tensor([3, -1, 5, -1])
+    loss = _colour_loss(logits, y)
+    expected = torch.nn.functional.cross_entropy(logits[[0, 2]], y[[0, 2]])
+    torch.testing.assert_close(loss, expected)
+    none_known = _colour_loss(logits, torch.full((4,), -1))
+    assert none_known.item() == 0.0
+    none_known.backward()  # type: ignore[no-untyped-call]  # still a graph, zero gradient
+    assert logits.grad is not None and not logits.grad.any()

@@ -321,7 +321,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             )
         lines.append(f"| gap to ceiling | {r['top1_gap_to_ceiling']:.4f} |")
     if "colour_acc" in r:
-        lines.append(f"| colour accuracy (auxiliary head) | {r['colour_acc']:.4f} |")
+        lines.append(f"| colour accuracy (colour probe) | {r['colour_acc']:.4f} |")
     lines += [
         "",
         "| tag | precision | recall | F1 | threshold | support |",

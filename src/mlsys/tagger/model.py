@@ -88,6 +88,8 @@ class MBConv(nn.Module):
         self._project_conv = nn.Conv2d(mid, c_out, 1, bias=False)
         self._bn2 = _bn(c_out)
         self.residual = stride == 1 and c_in == c_out
+        # Stochastic depth: in training, skip the block's branch for this share of the batch.
+        self.drop_path = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
@@ -96,8 +98,12 @@ class MBConv(nn.Module):
         h = F.relu6(self._bn1(self._depthwise_conv(h)))
         h = self._bn2(self._project_conv(h))
         assert isinstance(h, torch.Tensor)
-        # Drop-connect is left out: only the last blocks are ever fine-tuned, briefly.
-        return h + x if self.residual else h
+        if not self.residual:
+            return h
+        if self.training and self.drop_path > 0:
+            keep = torch.rand(h.shape[0], 1, 1, 1, device=h.device) >= self.drop_path
+            h = h * keep.to(h.dtype) / (1 - self.drop_path)
+        return h + x
 
 
 class EfficientNetLite0(nn.Module):
@@ -160,7 +166,8 @@ class GarmentTagger(nn.Module):
     """One backbone, three heads: 5-way category, 3 independent tags, colour.
 
     Tags are independent sigmoids because an item can carry none or several patterns. The colour
-    head is an auxiliary task: colour is cheap supervision that shapes the shared embedding.
+    head is a linear probe on the embedding (no gradient flows back from it): a by-product for
+    the catalogue, not a training signal.
     """
 
     def __init__(
@@ -177,7 +184,9 @@ class GarmentTagger(nn.Module):
 
     def heads(self, embedding: torch.Tensor) -> TaggerOutput:
         h = self.dropout(embedding)
-        return TaggerOutput(self.category_head(h), self.tag_head(h), self.colour_head(h))
+        # The colour head reads the embedding without shaping it: training makes the embedding
+        # colour-blind on purpose (augment.py), and colour supervision would pull the other way.
+        return TaggerOutput(self.category_head(h), self.tag_head(h), self.colour_head(h.detach()))
 
     def forward_from(self, x: torch.Tensor, start_block: int) -> TaggerOutput:
         """Run from the input of block `start_block` (cached features) to the heads."""
