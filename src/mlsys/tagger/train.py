@@ -293,41 +293,34 @@ def _set_mode(tagger: GarmentTagger, tune_from: int, train: bool) -> None:
 
 
 @torch.no_grad()
-def predict_cached(
-    tagger: GarmentTagger, acts: torch.Tensor, tune_from: int, batch_size: int = 256
-) -> dict[str, np.ndarray]:
-    """Probabilities from cached clean activations (view 0)."""
-    _set_mode(tagger, tune_from, train=False)
-    cats, tags, cols = [], [], []
-    for i in range(0, len(acts), batch_size):
-        out = tagger.forward_from(_nhwc(acts[i : i + batch_size, 0]), tune_from)
-        cats.append(torch.softmax(out.category, 1))
-        tags.append(torch.sigmoid(out.tags))
-        cols.append(torch.softmax(out.colour, 1))
-    return {
-        "category": torch.cat(cats).numpy(),
-        "tags": torch.cat(tags).numpy(),
-        "colour": torch.cat(cols).numpy(),
-    }
-
-
-def _val_loss(
+def validate_cached(
     tagger: GarmentTagger,
     acts: torch.Tensor,
     y: Labelled,
     pos_weight: torch.Tensor,
     cfg: TrainConfig,
-) -> float:
+    batch_size: int = 256,
+) -> tuple[dict[str, np.ndarray], float]:
+    """Probabilities and mean loss (category + tags) on cached clean activations (view 0),
+    from one forward pass per batch."""
     _set_mode(tagger, cfg.tune_from_block, train=False)
+    cats, tags, cols = [], [], []
     total = 0.0
-    with torch.no_grad():
-        for i in range(0, len(acts), 256):
-            sl = slice(i, i + 256)
-            out = tagger.forward_from(_nhwc(acts[sl, 0]), cfg.tune_from_block)
-            loss = _loss(out, torch.from_numpy(y.category[sl]), torch.from_numpy(y.tags[sl]),
-                         pos_weight, cfg)  # fmt: skip
-            total += loss.item() * len(out.category)
-    return total / len(acts)
+    for i in range(0, len(acts), batch_size):
+        sl = slice(i, i + batch_size)
+        out = tagger.forward_from(_nhwc(acts[sl, 0]), cfg.tune_from_block)
+        loss = _loss(out, torch.from_numpy(y.category[sl]), torch.from_numpy(y.tags[sl]),
+                     pos_weight, cfg)  # fmt: skip
+        total += loss.item() * len(out.category)
+        cats.append(torch.softmax(out.category, 1))
+        tags.append(torch.sigmoid(out.tags))
+        cols.append(torch.softmax(out.colour, 1))
+    probs = {
+        "category": torch.cat(cats).numpy(),
+        "tags": torch.cat(tags).numpy(),
+        "colour": torch.cat(cols).numpy(),
+    }
+    return probs, total / len(acts)
 
 
 def train_step(
@@ -398,8 +391,7 @@ def fine_tune(
             running += train_step(tagger, opt, x, (y_cat[idx], y_tag[idx], col), pos_weight, cfg)
             sched.step()
             bar.set_postfix(loss=f"{running / (step + 1):.3f}")
-        probs = predict_cached(tagger, val_acts, cfg.tune_from_block)
-        val_loss = _val_loss(tagger, val_acts, y_val, pos_weight, cfg)
+        probs, val_loss = validate_cached(tagger, val_acts, y_val, pos_weight, cfg)
         m = M.summary(probs, y_val.category, y_val.tags, y_val.colour)
         row = {
             "epoch": float(epoch),
