@@ -244,11 +244,10 @@ def _loss(
 
 def _colour_loss(logits: torch.Tensor, y_col: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the items whose label still describes the view (y_col >= 0): a
-    recoloured view does not show the labelled colour (augment.py), so its label is -1."""
-    known = y_col >= 0
-    if not bool(known.any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits[known], y_col[known])
+    recoloured view does not show the labelled colour (augment.py), so its label is -1.
+    Summed and divided by at least 1: the built-in mean is NaN when a batch has no label."""
+    total = F.cross_entropy(logits, y_col, ignore_index=-1, reduction="sum")
+    return total / (y_col >= 0).sum().clamp(min=1)
 
 
 def _trainable(
