@@ -240,7 +240,7 @@ for name, v in ev["corruptions"].items():
     print(f"  {name:18s} {v['top1']:.4f}  ({-v['drop']:+.4f})")
 """),
         md(
-            "## 5. Inference speed and size\n\nFrom `benchmarks/tagger_bench.py` (one run, same machine, shared 2 cores): eager PyTorch fp32 vs ONNX Runtime fp32 vs ONNX Runtime INT8 (static QDQ, per-channel)."
+            "## 5. Inference speed and size\n\nFrom `benchmarks/tagger_bench.py` (one run, same machine, shared 2 cores): eager PyTorch fp32 vs ONNX Runtime fp32 vs ONNX Runtime INT8 (static QDQ, per-channel 7-bit weights; the stem and blocks 0-2 stay float)."
         ),
         code("""
 bench = json.loads((MODEL_DIR / "bench.json").read_text())

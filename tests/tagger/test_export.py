@@ -12,9 +12,10 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from mlsys.tagger.api import routes
-from mlsys.tagger.inference import TaggerModel
+from mlsys.tagger.export import export_onnx, quantize_int8
+from mlsys.tagger.inference import TaggerModel, make_session
 from mlsys.tagger.model import ExportWrapper, GarmentTagger
-from mlsys.tagger.preprocess import decode_image, load_image
+from mlsys.tagger.preprocess import decode_image, load_batch, load_image
 from mlsys.tagger.schema import open_garments
 
 
@@ -52,6 +53,9 @@ def test_int8_is_static_qdq_per_channel_and_smaller(tagger_model: Path) -> None:
     ]
     vector_scales = [d for d in scale_dims if len(d) == 1 and d[0] > 1]
     assert vector_scales
+    # The stem stays float (export._float_nodes): its weights are a float initializer.
+    stem = next(n for n in graph.node if n.op_type == "Conv")
+    assert inits[stem.input[1]].data_type == onnx.TensorProto.FLOAT
     probs = TaggerModel(tagger_model, variant="int8").run(np.zeros((2, 3, 64, 64), np.float32))
     np.testing.assert_allclose(probs.category.sum(1), 1.0, atol=1e-3)
 
@@ -85,3 +89,34 @@ def test_preprocessing_parity_file_bytes_and_api(tagger_model: Path, garments_ti
     top = body["categories"][0]
     assert top["category"] == model.categories[int(expected.category[0].argmax())]
     assert abs(top["probability"] - float(expected.category[0].max())) < 1e-5
+
+
+def test_cached_prefix_is_what_the_int8_model_feeds_the_tuned_blocks(
+    tagger_model: Path, garments_tiny: Path, tmp_path: Path
+) -> None:
+    """Training caches the INT8 prefix's output on the promise that the deployed INT8 model
+    computes the same tensor at the first tuned block (same frozen weights, same calibration
+    images, so the same ranges): compare the two bit for bit."""
+    from mlsys.tagger.train import QUICK, quantized_prefix
+
+    data = open_garments(garments_tiny)
+    uuids = [str(u) for u in data.data.column("uuid").to_pylist()[:24]]
+    images = load_batch([data.image_bytes(u) for u in uuids], TaggerModel(tagger_model).config)
+    calib, x = images[:16], images[16:]
+    tagger = _eager(tagger_model).tagger
+    prefix = quantized_prefix(tagger, QUICK, calib, tmp_path)
+    cached = make_session(prefix, threads=1).run(None, {"image": x})[0]
+
+    full = quantize_int8(
+        export_onnx(tagger, tmp_path / "fp32.onnx", QUICK.size), tmp_path / "int8.onnx", calib
+    )
+    model = onnx.load(str(full))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    # The stem, then 2 convolutions in block 0 and 3 in each later block: block k's first
+    # convolution is the (3k)th.
+    name = convs[3 * QUICK.tune_from_block].input[0]
+    output = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+    model.graph.output.append(output)
+    onnx.save(model, str(tmp_path / "probe.onnx"))
+    served = make_session(tmp_path / "probe.onnx", threads=1).run([name], {"image": x})[0]
+    np.testing.assert_array_equal(cached, served)
