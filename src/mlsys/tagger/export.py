@@ -71,8 +71,9 @@ def _float_nodes(graph: Any, float_convs: int) -> list[str]:
     that calibration never saw (top-1 changed vs fp32 / mean KL of the category
     distribution): all INT8 1.7 % / 0.0121; stem and block 0 in float 1.05 % / 0.0054; stem
     and blocks 0-2 in float 0.65 % / 0.0013, at 6.6 ms per image instead of 6.5 on one AVX2
-    core. Early ReLU6 activations are mostly small, and 1/255 of [0, 6] is coarse for them;
-    at 80x80 and 40x40 with 16-32 channels int8 gains ONNX Runtime little speed anyway.
+    core (benchmarks/tagger_int8_fidelity.py measures this for any trained model). Early
+    ReLU6 activations are mostly small, and 1/255 of [0, 6] is coarse for them; at 80x80 and
+    40x40 with 16-32 channels int8 gains ONNX Runtime little speed anyway.
 
     The softmax/sigmoid stay float because quantised to 1/255 steps, small category
     probabilities tie at 0 and the second-best category becomes arbitrary. The rule is by

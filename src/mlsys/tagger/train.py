@@ -428,7 +428,7 @@ def fine_tune(
 
 def _images(data: GarmentDataset, uuids: list[str], pre: PreprocessConfig) -> np.ndarray:
     """Clean normalised images: calibration for INT8, and the fp32/INT8 comparison."""
-    return load_batch([data.image_path(u).read_bytes() for u in uuids], pre)
+    return load_batch([data.image_bytes(u) for u in uuids], pre)
 
 
 def _onnx_probs(path: Path, images: np.ndarray, threads: int) -> dict[str, np.ndarray]:
