@@ -81,9 +81,12 @@ def _float_nodes(graph: Any, float_convs: int) -> list[str]:
     layers as the whole tagger.
     """
     convs = [i for i, n in enumerate(graph.node) if n.op_type == "Conv"]
-    stop = 0 if float_convs == 0 else len(graph.node)
-    if 0 < float_convs < len(convs):
+    if float_convs == 0:
+        stop = 0
+    elif float_convs < len(convs):
         stop = convs[float_convs]
+    else:  # a graph with fewer convolutions (a short prefix) stays float whole
+        stop = len(graph.node)
     early = [n.name for n in graph.node[:stop]]
     return early + [n.name for n in graph.node if n.op_type in ("Softmax", "Sigmoid")]
 
