@@ -5,7 +5,8 @@
 Re-quantises MODEL_DIR's fp32 ONNX file the way training does (same 256 calibration images,
 `export.quantize_int8`) with the first N convolutions left in float, N = 0 (all INT8, the
 baseline), 3 (stem + block 0) and 9 (stem + blocks 0-2, the shipped `FLOAT_CONVS`). For each
-it prints validation top-1, and against the fp32 model on training images that calibration
+it prints top-1 on the held-out test set (test_labels.parquet; the validation split's category
+labels train the network), and against the fp32 model on training images that calibration
 never saw (more of them than validation has, so small differences show): the share whose
 top-1 category changes and the mean KL divergence of the category distribution; then batch-1
 latency on one thread (median of 200 calls, the forms interleaved so a noisy neighbour slows
@@ -29,7 +30,7 @@ from mlsys.tagger.export import quantize_int8
 from mlsys.tagger.inference import make_session
 from mlsys.tagger.preprocess import PreprocessConfig, load_batch
 from mlsys.tagger.schema import open_garments
-from mlsys.tagger.train import _onnx_probs, labelled, stratified_split
+from mlsys.tagger.train import _onnx_probs, labelled, labelled_test, stratified_split
 
 
 def main() -> None:
@@ -47,8 +48,8 @@ def main() -> None:
     pre = PreprocessConfig(**meta["preprocessing"])
     data = open_garments(args.data_dir)
     labels = labelled(data.data)
-    train_idx, val_idx = stratified_split(labels, cfg["val_fraction"], cfg["seed"])
-    y_train, y_val = labels.subset(train_idx), labels.subset(val_idx)
+    train_idx, _ = stratified_split(labels, cfg["val_fraction"], cfg["seed"])
+    y_train, y_test = labels.subset(train_idx), labelled_test(data)
     n_calib = cfg["calibration_images"]
     if len(y_train) < n_calib + args.images:
         raise SystemExit(f"need {n_calib + args.images} training images, have {len(y_train)}")
@@ -58,7 +59,7 @@ def main() -> None:
 
     calib = images(y_train.uuids[:n_calib])
     unseen = images(y_train.uuids[n_calib : n_calib + args.images])
-    val = images(y_val.uuids)
+    test = images(y_test.uuids)
     fp32 = model_dir / meta["fp32_file"]
     ref = _onnx_probs(fp32, unseen, 2)["category"]
 
@@ -72,11 +73,11 @@ def main() -> None:
         for name, path in forms.items():
             p = _onnx_probs(path, unseen, 2)["category"]
             kl = (ref * (np.log(ref + 1e-9) - np.log(p + 1e-9))).sum(1).mean()
-            top1 = M.topk_accuracy(_onnx_probs(path, val, 2)["category"], y_val.category, 1)
+            top1 = M.topk_accuracy(_onnx_probs(path, test, 2)["category"], y_test.category, 1)
             changed = float((p.argmax(1) != ref.argmax(1)).mean())
             rows.append([name, top1, changed, float(kl), path.stat().st_size / 1e6])
         sessions = {name: make_session(path, threads=1) for name, path in forms.items()}
-        x = val[:1]
+        x = test[:1]
         times: dict[str, list[float]] = {name: [] for name in forms}
         for s in sessions.values():
             for _ in range(20):
@@ -88,12 +89,12 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
 
     print(f"{model_dir} ({meta['version']}), {platform.processor() or platform.machine()}")
-    print(f"validation {len(y_val)} images; agreement on {len(unseen)} unseen training images")
-    print(f"{'form':24s} {'val top-1':>9s} {'top-1 changed':>13s} {'mean KL':>9s} "
+    print(f"test {len(y_test)} images; agreement on {len(unseen)} unseen training images")
+    print(f"{'form':24s} {'test top-1':>10s} {'top-1 changed':>13s} {'mean KL':>9s} "
           f"{'ms b1':>7s} {'MB':>6s}")  # fmt: skip
     for name, top1, changed, kl, mb in rows:
         ms = statistics.median(times[name]) * 1e3
-        print(f"{name:24s} {top1:9.4f} {changed:13.2%} {kl:9.5f} {ms:7.2f} {mb:6.2f}")
+        print(f"{name:24s} {top1:10.4f} {changed:13.2%} {kl:9.5f} {ms:7.2f} {mb:6.2f}")
 
 
 if __name__ == "__main__":

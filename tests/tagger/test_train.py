@@ -16,7 +16,14 @@ from mlsys.files import file_version
 from mlsys.tagger import metrics as M
 from mlsys.tagger.model import load_pretrained
 from mlsys.tagger.schema import CATEGORIES, COLORS, TAGS, open_garments
-from mlsys.tagger.train import Labelled, _colour_loss, labelled_test, stratified_split
+from mlsys.tagger.train import (
+    Labelled,
+    _colour_loss,
+    _pos_weight,
+    _tag_loss,
+    labelled_test,
+    stratified_split,
+)
 
 
 def _labels(n: int, seed: int = 0) -> Labelled:
@@ -65,8 +72,15 @@ def test_trained_model_dir_is_complete(tagger_model: Path) -> None:
         assert (tagger_model / meta[key]).is_file()
     history = meta["history"]
     assert 1 <= len(history) <= 2
-    assert {"train_loss", "val_loss", "val_top1", "val_top2"} <= set(history[0])
-    assert not set(meta["val_uuids"]) & set(meta.get("train_uuids", []))
+    assert {"train_loss", "val_tag_loss", "val_tag_macro_f1_at_0.5"} <= set(history[0])
+    # Every labelled image trains (on its category); the validation split is a part of them
+    # whose tag and colour labels are held out, stratified like the whole.
+    labelled_uuids = set(open_garments(meta["data_dir"]).data.column("uuid").to_pylist())
+    assert meta["n_train"] == len(labelled_uuids)
+    assert meta["n_val"] == len(meta["val_uuids"]) > 0
+    assert set(meta["val_uuids"]) < labelled_uuids
+    assert meta["val_metrics"]["tags"].keys() == set(TAGS)
+    assert 0.0 <= meta["val_top1_changed_by_int8"] <= 1.0
 
 
 def test_training_only_changes_the_tuned_blocks(tagger_model: Path) -> None:
@@ -110,3 +124,25 @@ def test_colour_loss_skips_recoloured_views_and_never_goes_nan() -> None:
     assert none_known.item() == 0.0
     none_known.backward()  # type: ignore[no-untyped-call]  # still a graph, zero gradient
     assert logits.grad is not None and not logits.grad.any()
+
+
+def test_held_out_tag_labels_reach_neither_the_loss_nor_pos_weight() -> None:
+    labels = _labels(40, seed=2)
+    known, held = labels.subset(np.arange(30)), labels.subset(np.arange(30, 40))
+    fit = known + held.category_only()
+    assert fit.uuids == labels.uuids
+    assert np.array_equal(fit.category, labels.category)
+    assert (fit.tags[30:] == -1).all() and (fit.colour[30:] == -1).all()
+    torch.testing.assert_close(_pos_weight(fit.tags), _pos_weight(known.tags))
+
+    logits = torch.randn(40, 3, requires_grad=True)
+    pw = _pos_weight(known.tags)
+    loss = _tag_loss(logits, torch.from_numpy(fit.tags), pw)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[:30], torch.from_numpy(known.tags), pos_weight=pw
+    )
+    torch.testing.assert_close(loss, expected)
+    loss.backward()  # type: ignore[no-untyped-call]
+    assert logits.grad is not None and not logits.grad[30:].any() and logits.grad[:30].any()
+    all_held = _tag_loss(logits, torch.full((40, 3), -1.0), pw)
+    assert all_held.item() == 0.0
