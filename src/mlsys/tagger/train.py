@@ -12,15 +12,15 @@ core, and training triples it), so training is split where the network's cost is
    stopping watches the validation split's tag loss and keeps the best weights.
 3. Thresholds. Each pattern tag gets the probability threshold that maximises its F1 on the
    validation split, measured with the model that is actually deployed.
+4. Export. The whole network goes to ONNX, is quantised to INT8 with training images as
+   calibration, and INT8 is deployed only if it changes the top-1 category of at most 1 % of
+   validation images (so top-1 accuracy moves by at most 1 point).
 
 The validation split holds out what is fitted on it: its tag labels (thresholds, early
 stopping) and its colour labels (the probe's accuracy). Its category labels train, because
 nothing is chosen on them: the category recipe was fixed by earlier held-out runs, and
 labelled data is the strongest lever measured (docs/tagger-report.md). Category accuracy is
 judged on the test set, by `mlsys evaluate tagger`.
-4. Export. The whole network goes to ONNX, is quantised to INT8 with training images as
-   calibration, and INT8 is deployed only if it changes the top-1 category of at most 1 % of
-   validation images (so top-1 accuracy moves by at most 1 point).
 
 Everything a server needs (file name, version, vocabularies, thresholds, preprocessing) goes
 into MODEL_DIR/tagger.json next to the ONNX files.
