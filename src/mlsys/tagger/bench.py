@@ -24,17 +24,6 @@ from mlsys.tagger import metrics as M
 from mlsys.tagger.inference import load_meta, make_session
 
 
-def _time(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def _time_interleaved(
     fns: dict[str, Callable[[], object]], repeats: int, warmup: int
 ) -> dict[str, list[float]]:
@@ -49,6 +38,10 @@ def _time_interleaved(
             fn()
             out[name].append(time.perf_counter() - t0)
     return out
+
+
+def _time(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
+    return _time_interleaved({"fn": fn}, repeats, warmup)["fn"]
 
 
 def _eager(model_dir: Path, meta: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
