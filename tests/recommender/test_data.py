@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -170,3 +172,53 @@ def test_report_writes_markdown_and_plots(tiny_data: Path, tmp_path: Path) -> No
     for png in ("click_rule.png", "user_features.png", "clusters.png", "requests.png"):
         assert (tmp_path / "report" / png).stat().st_size > 5_000
         assert f"]({png})" in text
+
+
+def _set_value(path: Path, column: str, row: int, value: float) -> None:
+    values = pq.read_table(path).column(column).to_numpy().copy()
+    values[row] = value
+    _rewrite(path, {column: pa.array(values)})
+
+
+@pytest.mark.parametrize(
+    ("file", "column", "value", "problem"),
+    [
+        # 1e39 is a finite double but inf as the float32 the tables and the store keep
+        ("user_features.parquet", "f07", 1e39, "finite float32"),
+        ("restaurant_features.parquet", "f02", -3.5e38, "finite float32"),
+        ("restaurant_features.parquet", "f02", np.nan, "finite float32"),
+        ("restaurant_features.parquet", "latitude", 999.0, r"within \[-90, 90\]"),
+        ("restaurant_features.parquet", "longitude", np.nan, r"within \[-180, 180\]"),
+    ],
+)
+def test_values_the_stored_type_cannot_hold_stop_load_and_training_with_one_line(
+    data: Path,
+    tmp_path: Path,
+    redis_server: Any,
+    capsys: pytest.CaptureFixture[str],
+    file: str,
+    column: str,
+    value: float,
+    problem: str,
+) -> None:
+    """Before this check, 1e39 loaded as inf, trained to `loss nan` and served NaN scores."""
+    _set_value(data / file, column, 17, value)
+    data = _without_manifest(data)
+    model_dir = tmp_path / "model"
+    rc = main(["train", "ranknet", str(data), "--out", str(model_dir), "--epochs", "1",
+               "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1, err
+    assert err[0].startswith(f"mlsys: error: {data / file}, column '{column}': ")
+    assert re.search(problem, err[0]) and "position 17" in err[0]
+    assert not model_dir.exists()  # nothing written
+
+    # the feature load reads through the same check, before it writes to Redis
+    from mlsys.recommender.features import SEQ_KEY, connect
+
+    client = connect(redis_server.url, timeout_s=5)
+    seq = client.get(SEQ_KEY)
+    assert main(["features", "load", str(data), "--redis", redis_server.url]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{file}, column '{column}'" in err[0], err
+    assert client.get(SEQ_KEY) == seq  # no namespace was started

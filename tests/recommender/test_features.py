@@ -102,12 +102,44 @@ def test_single_entity_updates(fresh_redis: RedisServer, tiny_data: Path) -> Non
     with pytest.raises(F.InvalidFeatures) as err:
         F.set_restaurant(client, 4, latitude=91)
     assert err.value.field == "latitude"
+    # An unknown id is an error unless creation is asked for, and then it needs every part.
+    with pytest.raises(F.UnknownEntity) as unknown:
+        F.set_restaurant(client, 10**6, [0.5] * 10, 13.0, 100.5)
+    assert unknown.value.field == "restaurant_id"
+    with pytest.raises(F.UnknownEntity):
+        F.set_user(client, 10**7, [0.0] * 30)
+    assert store.fetch(10**7, []).user is None
     with pytest.raises(F.InvalidFeatures) as err:
-        F.set_restaurant(client, 10**6, latitude=13.0)  # partial update of an unknown one
+        F.set_restaurant(client, 10**6, latitude=13.0, create=True)  # nothing to keep
     assert err.value.field == "restaurant_id"
-    F.set_restaurant(client, 10**6, [0.5] * 10, 13.0, 100.5)  # a complete new one is fine
+    F.set_restaurant(client, 10**6, [0.5] * 10, 13.0, 100.5, create=True)
     rows = store.fetch(1, [10**6, 10**7])
     assert rows.unknown == 1 and rows.positions.tolist() == [0]
+    F.set_user(client, 10**7, [0.0] * 30, create=True)
+    assert store.fetch(10**7, []).user is not None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"features": [1e39] + [0.0] * 9}, "features"),  # finite double, inf as float32
+        ({"features": [float("nan")] + [0.0] * 9}, "features"),
+        ({"features": [10**400] + [0.0] * 9}, "features"),  # overflows even float64
+        ({"latitude": float("nan")}, "latitude"),
+        ({"longitude": 999.0}, "longitude"),
+    ],
+)
+def test_updates_refuse_values_the_stored_type_cannot_hold(
+    loaded_redis: RedisServer, kwargs: dict[str, Any], field: str
+) -> None:
+    client = F.connect(loaded_redis.url, timeout_s=5)
+    before = F.OnlineStore(client).fetch(0, [10])
+    with pytest.raises(F.InvalidFeatures) as err:
+        F.set_restaurant(client, 10, **kwargs)
+    assert err.value.field == field
+    after = F.OnlineStore(client).fetch(0, [10])
+    np.testing.assert_array_equal(after.features, before.features)  # nothing written
+    assert after.latitude[0] == before.latitude[0]
 
 
 def test_cli_load_set_info(fresh_redis: RedisServer, tiny_data: Path, capsys: Any) -> None:

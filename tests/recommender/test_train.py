@@ -191,3 +191,17 @@ def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(
     resumed, _ = load_ranknet(out)
     for key, want in full.model.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], want), key
+
+
+def test_a_diverging_loss_stops_with_one_line_and_writes_no_model(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """A step that overflows (here forced by lr=inf) must end the run with its reason, not
+    carry on to a NaN model and a traceback from evaluation."""
+    from mlsys.errors import MlsysError
+    from mlsys.recommender.train import TrainConfig, train
+
+    out = tmp_path / "model"
+    with pytest.raises(MlsysError, match=r"training diverged in epoch 1 .* the loss is (nan|inf)"):
+        train(tiny_data, out, TrainConfig(epochs=1, lr=float("inf")), progress=False)
+    assert not (out / "model.pt").exists() and not (out / "checkpoint.pt").exists()

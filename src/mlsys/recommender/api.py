@@ -18,8 +18,6 @@ header (the body stays exactly the spec's `{"restaurants": [...]}`), logged, and
 from __future__ import annotations
 
 import hmac
-import json
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -31,10 +29,18 @@ from starlette.routing import Route
 
 from mlsys.platform.server import Component
 from mlsys.platform.settings import Settings
+from mlsys.platform.validation import (
+    InvalidRequest,
+    error_response,
+    invalid,
+    number,
+    parse_json_object,
+)
 from mlsys.recommender.features import (
     FeatureStoreError,
     InvalidFeatures,
     OnlineStore,
+    UnknownEntity,
     connect,
     read_meta,
     set_restaurant,
@@ -43,48 +49,24 @@ from mlsys.recommender.features import (
 from mlsys.recommender.service import Query, load_model, rank
 
 INT64_MAX = (1 << 63) - 1
-_USER_ID = re.compile(r"^u?([0-9]{1,19})$")
+_USER_ID = re.compile(r"u?([0-9]{1,19})")
 
 
-class InvalidRequest(Exception):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+def parse_user_id(raw: str, field: str = "user_id") -> int:
+    """`u000123` (the spec's example) and `123` (requests.parquet) are both user 123.
 
-
-def invalid(exc: InvalidRequest) -> Response:
-    body = {"error": "invalid_request", "field": exc.field, "message": exc.message}
-    return JSONResponse(body, status_code=422)
-
-
-def parse_user_id(raw: str) -> int:
-    """`u000123` (the spec's example) and `123` (requests.parquet) are both user 123."""
-    m = _USER_ID.match(raw)
+    `fullmatch`, not `match(...$)`: `$` also matches before a trailing newline, which made
+    `/recommend/1140%0A` user 1140.
+    """
+    m = _USER_ID.fullmatch(raw)
     if m is None or int(m.group(1)) > INT64_MAX:
-        raise InvalidRequest("user_id", "must be an integer id like 123 or u000123")
+        raise InvalidRequest(field, "must be an integer id like 123 or u000123")
     return int(m.group(1))
-
-
-def _number(data: dict[str, Any], name: str, default: float | None) -> float:
-    value = data.get(name, default)
-    if value is None:
-        raise InvalidRequest(name, "is required")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRequest(name, "must be a number")
-    if not math.isfinite(value):
-        raise InvalidRequest(name, "must be a finite number")
-    return float(value)
 
 
 def parse_query(user_id: int, body: bytes, max_candidates: int) -> Query:
     """Validate a /recommend body; the error names the first offending field."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest("body", f"not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("body", "must be a JSON object")
+    data = parse_json_object(body)
 
     ids = data.get("candidate_restaurant_ids")
     if ids is None:
@@ -101,21 +83,15 @@ def parse_query(user_id: int, body: bytes, max_candidates: int) -> Query:
     if ids and (min(ids) < -INT64_MAX - 1 or max(ids) > INT64_MAX):
         raise InvalidRequest("candidate_restaurant_ids", "ids must fit in 64 bits")
 
-    latitude = _number(data, "latitude", None)
-    if not -90.0 <= latitude <= 90.0:
-        raise InvalidRequest("latitude", "must be within [-90, 90]")
-    longitude = _number(data, "longitude", None)
-    if not -180.0 <= longitude <= 180.0:
-        raise InvalidRequest("longitude", "must be within [-180, 180]")
+    latitude = number(data, "latitude", None, -90.0, 90.0)
+    longitude = number(data, "longitude", None, -180.0, 180.0)
 
     size = data.get("size", 20)
     if isinstance(size, bool) or not isinstance(size, int):
         raise InvalidRequest("size", "must be an integer")
     if size < 1:
         raise InvalidRequest("size", "must be at least 1")
-    max_dist = _number(data, "max_dist", 5000.0)
-    if max_dist < 0:
-        raise InvalidRequest("max_dist", "must be >= 0 metres")
+    max_dist = number(data, "max_dist", 5000.0, low=0.0)
     sort_dist = data.get("sort_dist", False)
     if not isinstance(sort_dist, bool):
         raise InvalidRequest("sort_dist", "must be true or false")
@@ -203,12 +179,7 @@ def component(settings: Settings) -> Component:
         return None
 
     async def admin_body(request: Request) -> dict[str, Any]:
-        try:
-            data = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidRequest("body", f"not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise InvalidRequest("body", "must be a JSON object")
+        data = parse_json_object(await request.body())
         features = data.get("features")
         if features is not None and (
             not isinstance(features, list)
@@ -217,32 +188,43 @@ def component(settings: Settings) -> Component:
             raise InvalidRequest("features", "must be a list of numbers")
         return data
 
-    def set_user_from(user_id: int, data: dict[str, Any]) -> str:
+    def set_user_from(user_id: int, data: dict[str, Any], create: bool) -> str:
         if data.get("features") is None:
             raise InvalidRequest("features", "is required")
-        return set_user(client, user_id, data["features"])
+        return set_user(client, user_id, data["features"], create=create)
 
-    def set_restaurant_from(restaurant_id: int, data: dict[str, Any]) -> str:
-        lat = None if data.get("latitude") is None else _number(data, "latitude", None)
-        lon = None if data.get("longitude") is None else _number(data, "longitude", None)
-        return set_restaurant(client, restaurant_id, data.get("features"), lat, lon)
+    def set_restaurant_from(restaurant_id: int, data: dict[str, Any], create: bool) -> str:
+        lat = None if data.get("latitude") is None else number(data, "latitude", None, -90, 90)
+        lon = None if data.get("longitude") is None else number(data, "longitude", None, -180, 180)
+        features = data.get("features")
+        return set_restaurant(client, restaurant_id, features, lat, lon, create=create)
 
     def admin_update(
-        entity: str, id_param: str, apply: Callable[[int, dict[str, Any]], str]
+        entity: str, id_param: str, apply: Callable[[int, dict[str, Any], bool], str]
     ) -> Callable[[Request], Awaitable[Response]]:
-        """PUT handler for one entity kind: token, id, body, write, and the same error mapping."""
+        """PUT handler for one entity kind: token, id, body, write, and the same error mapping.
+
+        An unknown id is 404 unless the request says `?create=true`: a mistyped id must not
+        quietly add an entity.
+        """
 
         async def handler(request: Request) -> Response:
             denied = authorized(request)
             if denied is not None:
                 return denied
             try:
-                entity_id = parse_user_id(request.path_params[id_param])
-                key = apply(entity_id, await admin_body(request))
+                entity_id = parse_user_id(request.path_params[id_param], id_param)
+                create = request.query_params.get("create", "false")
+                if create not in ("true", "false"):
+                    raise InvalidRequest("create", "must be true or false")
+                key = apply(entity_id, await admin_body(request), create == "true")
             except InvalidRequest as exc:
                 return invalid(exc)
             except InvalidFeatures as exc:
                 return invalid(InvalidRequest(exc.field, exc.message))
+            except UnknownEntity as exc:
+                message = f"{exc.message}: add ?create=true to create it"
+                return error_response(404, "unknown_entity", exc.field, message)
             except redis_errors as exc:
                 return _unavailable(exc)
             FEATURE_UPDATES.labels(entity).inc()

@@ -116,6 +116,11 @@ def _add_feature_commands(verbs: Verbs) -> None:
     p.add_argument("--features", default=None, help="comma-separated values (30 or 10)")
     p.add_argument("--latitude", type=float, default=None, help="restaurants only")
     p.add_argument("--longitude", type=float, default=None, help="restaurants only")
+    p.add_argument(
+        "--create",
+        action="store_true",
+        help="add the entity if the store does not hold it (without: an unknown id is an error)",
+    )
 
     p = verbs.add("features", "info", _features_info, "show the current namespace's metadata")
     p.add_argument("--redis", required=True, metavar="URL")
@@ -168,9 +173,11 @@ def _features_set(args: argparse.Namespace) -> int:
         if args.entity == "user":
             if values is None or args.latitude is not None or args.longitude is not None:
                 raise MlsysError("a user update takes --features (30 values) and nothing else")
-            key = set_user(client, args.entity_id, values)
+            key = set_user(client, args.entity_id, values, create=args.create)
         else:
-            key = set_restaurant(client, args.entity_id, values, args.latitude, args.longitude)
+            key = set_restaurant(
+                client, args.entity_id, values, args.latitude, args.longitude, create=args.create
+            )
     except redis.RedisError as exc:
         raise MlsysError(f"redis at {args.redis}: {exc}") from exc
     print(f"updated {key}")

@@ -12,9 +12,13 @@ A dataset is the kit's layout (ours adds `manifest.json`):
 `open_dataset` checks what can be checked without reading the data: every file opens as
 parquet, every column is present with the right type, entity ids are dense `0..n-1` in the
 feature tables, and the id ranges of the click files (from parquet row-group statistics) fall
-inside them. Problems raise `DatasetError` naming the file and the column, so a truncated or
-foreign file fails at start-up with one line instead of a traceback from deep inside torch.
-The kit's own output (no manifest) is accepted; ours is also checked against its manifest.
+inside them; restaurant coordinates (100k rows, cheap) lie within their ranges. Feature
+values are checked when they are read (`user_features`, `restaurant_features`: the feature
+load and training both read them before writing anything) against the type they are kept in,
+float32 (`values.py`). Problems raise `DatasetError` naming the file and the column, so a
+truncated or foreign file fails at start-up with one line instead of a traceback from deep
+inside torch. The kit's own output (no manifest) is accepted; ours is also checked against its
+manifest.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import pyarrow.parquet as pq
 from mlsys.errors import DatasetError
 from mlsys.files import sha256_file
 from mlsys.recommender.model import RESTAURANT_FEATURES, USER_FEATURES
+from mlsys.recommender.values import coordinate_problem, float32_problem
 
 MANIFEST = "manifest.json"
 USERS_FILE = "user_features.parquet"
@@ -226,16 +231,9 @@ class ClickDataset:
         return self._matrix(self.restaurants_path, RESTAURANTS_SCHEMA, RESTAURANT_FEATURES)
 
     def restaurant_locations(self) -> npt.NDArray[np.float64]:
-        """(n_restaurants, 2) float64 latitude, longitude in degrees."""
-        pf = open_parquet(self.restaurants_path, RESTAURANTS_SCHEMA)
-        table = read_columns(self.restaurants_path, pf, ["latitude", "longitude"])
-        out = np.empty((table.num_rows, 2), dtype=np.float64)
-        for j, name in enumerate(("latitude", "longitude")):
-            col = table.column(name)
-            if col.null_count:
-                raise DatasetError(self.restaurants_path, "has missing values", name)
-            out[:, j] = col.to_numpy()
-        return out
+        """(n_restaurants, 2) float64 latitude, longitude in degrees, each within its range."""
+        path = self.restaurants_path
+        return _locations(path, open_parquet(path, RESTAURANTS_SCHEMA))
 
     def _matrix(
         self, path: Path, schema: dict[str, TypeCheck], columns: tuple[str, ...]
@@ -247,8 +245,9 @@ class ClickDataset:
             if col.null_count:
                 raise DatasetError(path, "has missing values", name)
             values = col.to_numpy()
-            if not np.isfinite(values).all():
-                raise DatasetError(path, "has non-finite values", name)
+            problem = float32_problem(values)
+            if problem is not None:
+                raise DatasetError(path, problem, name)
             out[:, j] = values
         return out
 
@@ -276,6 +275,20 @@ class ClickDataset:
                     yield cf, users, rests, clicks.astype(np.float32)
             except (pa.ArrowException, OSError) as exc:
                 raise DatasetError(cf.path, f"cannot read rows: {exc}") from exc
+
+
+def _locations(path: Path, pf: pq.ParquetFile) -> npt.NDArray[np.float64]:
+    table = read_columns(path, pf, ["latitude", "longitude"])
+    out = np.empty((table.num_rows, 2), dtype=np.float64)
+    for j, name in enumerate(("latitude", "longitude")):
+        col = table.column(name)
+        if col.null_count:
+            raise DatasetError(path, "has missing values", name)
+        out[:, j] = col.to_numpy()
+        problem = coordinate_problem(name, out[:, j])
+        if problem is not None:
+            raise DatasetError(path, problem, name)
+    return out
 
 
 def _int64(path: Path, batch: pa.RecordBatch, column: str) -> IdArray:
@@ -329,6 +342,7 @@ def open_dataset(root: str | Path, *, verify_checksums: bool = False) -> ClickDa
     n_users = _dense_ids(root / USERS_FILE, users_pf, "user_id")
     rests_pf = open_parquet(root / RESTAURANTS_FILE, RESTAURANTS_SCHEMA)
     n_restaurants = _dense_ids(root / RESTAURANTS_FILE, rests_pf, "restaurant_id")
+    _locations(root / RESTAURANTS_FILE, rests_pf)  # 100k rows: cheap, and every command checks
     splits = {split: _click_files(root, split, n_users, n_restaurants) for split in SPLITS}
     has_requests = (root / REQUESTS_FILE).exists()
     if has_requests:

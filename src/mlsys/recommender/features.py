@@ -29,7 +29,6 @@ Why Redis, and why this layout (measurements in docs/serving-report.md):
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import numpy.typing as npt
 
 from mlsys.errors import MlsysError
 from mlsys.recommender.model import RESTAURANT_FEATURES, USER_FEATURES
+from mlsys.recommender.values import coordinate_problem, float32_problem
 
 POINTER_KEY = "mlsys:features:current"
 SEQ_KEY = "mlsys:features:seq"
@@ -64,6 +64,15 @@ class FeatureStoreError(MlsysError):
 
 class InvalidFeatures(MlsysError):
     """A single-entity update carries values that do not fit the schema; names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class UnknownEntity(MlsysError):
+    """An update names an entity the store does not hold and did not ask to create it."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
@@ -259,20 +268,32 @@ def _check_values(name: str, values: Sequence[float], n: int) -> FloatMatrix:
         raise InvalidFeatures(name, f"expected {n} values, got {len(values)}")
     try:
         arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InvalidFeatures(name, "values must be numbers") from None
-    if not np.isfinite(arr).all():
-        raise InvalidFeatures(name, "values must be finite numbers")
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidFeatures(name, "values must be numbers within float32's range") from None
+    problem = float32_problem(arr)
+    if problem is not None:
+        raise InvalidFeatures(name, problem)
     return arr.astype(np.float32)
 
 
-def set_user(client: Any, user_id: int, features: Sequence[float]) -> str:
-    """Overwrite one user's features in the current namespace; returns the key written."""
+def _check_coordinate(name: str, value: float | None) -> None:
+    problem = None if value is None else coordinate_problem(name, [value])
+    if problem is not None:
+        raise InvalidFeatures(name, problem)
+
+
+def set_user(client: Any, user_id: int, features: Sequence[float], *, create: bool = False) -> str:
+    """Overwrite one user's features in the current namespace; returns the key written.
+
+    An unknown user is an error unless `create`: a typo in an id must not add an entity
+    (SET ... XX makes the check and the write one atomic command).
+    """
     ns = _require_namespace(client)
     row = np.empty(1, dtype=USER_DTYPE)
     row["features"][0] = _check_values("features", features, len(USER_FEATURES))
     key = f"{ns}:u:{int(user_id)}"
-    client.set(key, row.tobytes())
+    if not client.set(key, row.tobytes(), xx=not create):
+        raise UnknownEntity("user_id", f"user {user_id} is not in the store (create it explicitly)")
     return key
 
 
@@ -282,27 +303,33 @@ def set_restaurant(
     features: Sequence[float] | None = None,
     latitude: float | None = None,
     longitude: float | None = None,
+    *,
+    create: bool = False,
 ) -> str:
     """Overwrite a restaurant's features and/or location; unspecified parts keep their value.
 
-    A partial update of an unknown restaurant is an error: there is nothing to keep.
+    An unknown restaurant is an error unless `create`, and then it needs every part: a partial
+    update has nothing to keep.
     """
     ns = _require_namespace(client)
     key = f"{ns}:r:{int(restaurant_id)}"
-    if latitude is not None and not (math.isfinite(latitude) and -90 <= latitude <= 90):
-        raise InvalidFeatures("latitude", "must be within [-90, 90]")
-    if longitude is not None and not (math.isfinite(longitude) and -180 <= longitude <= 180):
-        raise InvalidFeatures("longitude", "must be within [-180, 180]")
+    _check_coordinate("latitude", latitude)
+    _check_coordinate("longitude", longitude)
     new_features = (
         None if features is None else _check_values("features", features, len(RESTAURANT_FEATURES))
     )
 
     def update(pipe: Any) -> None:
         old = pipe.get(key)
+        if old is None and not create:
+            raise UnknownEntity(
+                "restaurant_id",
+                f"restaurant {restaurant_id} is not in the store (create it explicitly)",
+            )
         if old is None and (new_features is None or latitude is None or longitude is None):
             raise InvalidFeatures(
                 "restaurant_id",
-                f"restaurant {restaurant_id} is not in the store; a new one needs features, "
+                f"restaurant {restaurant_id} is new; creating it needs features, "
                 "latitude and longitude",
             )
         row = (

@@ -47,6 +47,10 @@ class Scorer:
         w1, b1, w2, b2, w3, b3 = (
             np.asarray(_numpy(state[k]), dtype=np.float64) for k in STATE_KEYS
         )
+        if not all(np.isfinite(w).all() for w in (w1, b1, w2, b2, w3, b3)):
+            # With finite float32 weights and features (values.py), float64 scores are always
+            # finite, so a response can never carry NaN.
+            raise ValueError("parameters hold NaN or infinite values")
         m = w2 @ w1  # (128, 40)
         self.n_user = n_user
         self.mu = np.ascontiguousarray(m[:, :n_user])  # (128, 30)
@@ -89,7 +93,7 @@ def load_model(path: str | Path) -> Model:
     model, meta = load_ranknet(path)
     try:
         scorer = Scorer(dict(model.state_dict()))
-    except ValueError as exc:  # pragma: no cover - load_ranknet already checked the keys
+    except ValueError as exc:  # non-finite parameters (load_ranknet already checked the keys)
         raise ArtifactError(f"{path}: {exc}") from exc
     return Model(scorer=scorer, version=str(meta["version"]))
 

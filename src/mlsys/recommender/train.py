@@ -143,6 +143,12 @@ def run_epoch(
             # BCE-with-logits is softplus(-margin); accuracy is margin > 0 (z > 0 <=> p > 0.5).
             margin = z * sign
             loss_sum += torch.nn.functional.softplus(-margin).sum(dtype=torch.float64)
+            if not torch.isfinite(loss_sum):
+                raise MlsysError(
+                    f"training diverged in epoch {epoch + 1} after {steps} steps: the loss is "
+                    f"{float(loss_sum)}; nothing of this epoch was written (check the feature "
+                    "values' scale and the learning rate)"
+                )
             correct += (margin > 0).sum()
             rows += n
             bar.update(n)
@@ -242,6 +248,11 @@ def train(
     if config.epochs < 1 or config.batch_size < 1:
         raise MlsysError("epochs and batch size must be >= 1")
     dataset = open_dataset(data_dir)
+    # The feature tables are read (and their values checked) before anything is written: a
+    # bad data file stops the run with one line and leaves no half-made model directory.
+    t0 = time.perf_counter()
+    tables = FeatureTables.load(dataset)
+    tables_s = time.perf_counter() - t0
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     threads = config.resolved_threads()
@@ -261,10 +272,8 @@ def train(
         history = _load_checkpoint(checkpoint, model, optimizer, config, dataset.checksum)
         log(f"resumed from {checkpoint}: {len(history)} epoch(s) done")
 
-    t0 = time.perf_counter()
-    tables = FeatureTables.load(dataset)
     log(
-        f"feature tables: {tables.nbytes / 2**20:.0f} MiB in {time.perf_counter() - t0:.1f} s; "
+        f"feature tables: {tables.nbytes / 2**20:.0f} MiB in {tables_s:.1f} s; "
         f"{dataset.rows('train'):,} train rows, batch {config.batch_size}, {threads} thread(s)"
     )
     step = FactoredStep(model, config.batch_size)
