@@ -15,11 +15,13 @@ from PIL import Image
 
 from mlsys.tagger.preprocess import (
     CorruptImageError,
+    ImageShapeError,
     ImageTooLargeError,
     NotAnImageError,
     PreprocessConfig,
     bytes_to_array,
     decode_image,
+    decoded_bytes,
     denormalise,
     load_batch,
     load_image,
@@ -34,14 +36,15 @@ def _photo(width: int = 256, height: int = 256, seed: int = 0) -> bytes:
     return encode_jpeg(Image.fromarray(pixels, "RGB"), 80)
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims `width` x `height` but carries no pixels: a bomb's header."""
+def _png_header_only(width: int, height: int, depth: int = 8, colour: int = 2) -> bytes:
+    """A PNG that claims `width` x `height` but carries no pixels: a bomb's header
+    (colour type 2: RGB, 0: greyscale; `depth` bits per sample)."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         crc = zlib.crc32(kind + body) & 0xFFFFFFFF
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
@@ -125,8 +128,45 @@ def test_typed_refusals_carry_http_status() -> None:
     with pytest.raises(ImageTooLargeError) as bomb:
         decode_image(_png_header_only(8000, 6000))
     assert bomb.value.http_status == 413 and "48.0 MP" in str(bomb.value)
-    # just under the limit is fine to open (the header-only file then fails as corrupt)
+    # just under the pixel limit passes that check (the header-only file then fails as
+    # corrupt) when the memory budget allows it; by default it does not, see below
     with pytest.raises(CorruptImageError):
-        decode_image(_png_header_only(8000, 4999))
+        decode_image(_png_header_only(8000, 4999), max_decoded_bytes=1 << 40)
     with pytest.raises(ImageTooLargeError):
         decode_image(_photo(64, 64), max_pixels=64 * 63)
+
+
+def test_decoded_memory_is_budgeted_from_the_header_by_mode_and_shape() -> None:
+    """Megapixels alone did not bound memory: a 1 x 39M PNG (76 KB) took 1.5 GB, a 16-bit
+    6,320 x 6,320 PNG 1.24 GB. Both are now refused from the header, before decoding."""
+    with pytest.raises(ImageShapeError) as thin:
+        decode_image(_png_header_only(1, 39_000_000, colour=0))
+    assert thin.value.http_status == 422 and "20x" in str(thin.value)
+    with pytest.raises(ImageTooLargeError) as deep:
+        decode_image(_png_header_only(6320, 6320, depth=16, colour=0))
+    assert deep.value.http_status == 413 and "MiB" in str(deep.value)
+    # bytes per pixel: raster + conversion copies + a possible EXIF rotation's copy
+    budgets = [
+        decoded_bytes(Image.open(io.BytesIO(_png_header_only(1000, 1000, d, c))))
+        for d, c in ((16, 0), (8, 0), (8, 2))
+    ]
+    per_line = 1000 * 64
+    assert budgets == [1000 * 1000 * n + per_line for n in (2 + 13 + 4, 1 + 4 + 4, 4 + 0 + 4)]
+    # a 20:1 strip is still a picture
+    with pytest.raises(CorruptImageError):
+        decode_image(_png_header_only(40, 800))
+
+
+def test_a_large_jpeg_decodes_reduced_to_the_same_model_input() -> None:
+    """min_side lets libjpeg decode at 1/2..1/8 scale; after the resize to the model's input
+    the array differs from the full decode's by resampling noise only."""
+    rng = np.random.default_rng(3)
+    small = Image.fromarray(rng.integers(0, 256, (45, 60, 3), dtype=np.uint8), "RGB")
+    photo = encode_jpeg(small.resize((2400, 1800), Image.Resampling.BICUBIC), 90)
+    reduced = decode_image(photo, min_side=448)
+    full = decode_image(photo)
+    assert full.size == (2400, 1800) and reduced.size == (600, 450)  # 1/4 scale
+    diff = np.abs(to_array(reduced) - to_array(full))
+    assert diff.mean() < 0.02 and np.percentile(diff, 99) < 0.1, (diff.mean(), diff.max())
+    # images no larger than 2x min_side (training's 256 px ones) are not reduced at all
+    assert decode_image(_photo(), min_side=448).size == (256, 256)

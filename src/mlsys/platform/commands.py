@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from mlsys.platform.settings import Settings
+
 if TYPE_CHECKING:
     from mlsys.cli import Verbs
 
@@ -45,6 +47,27 @@ def _add_serving_commands(verbs: Verbs) -> None:
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
     p.add_argument("--no-access-log", action="store_true", help="no JSON line per request")
     p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=Settings.header_timeout_s,
+        metavar="SECONDS",
+        help="close a connection whose request headers take longer (default %(default)s)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=Settings.body_timeout_s,
+        metavar="SECONDS",
+        help="answer 408 when a request body takes longer (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=Settings.max_connections,
+        metavar="N",
+        help="per worker: close new connections beyond N open ones (default %(default)s)",
+    )
+    p.add_argument(
         "--limit-concurrency",
         type=int,
         default=None,
@@ -78,7 +101,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     from mlsys.errors import MlsysError
     from mlsys.platform.server import serve
-    from mlsys.platform.settings import Settings
 
     model = Path(args.model)
     if not (model / "model.pt").is_file() and not model.is_file():
@@ -93,6 +115,9 @@ def _serve(args: argparse.Namespace) -> int:
         admin_token=os.environ.get("MLSYS_ADMIN_TOKEN") or None,
         tagger_model_dir=args.tagger_model,
         log_requests=not args.no_access_log,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections,
     )
     workers = args.workers or os.cpu_count() or 1
     print(

@@ -56,6 +56,11 @@ FEATURE_STORE_ERRORS = Counter(
 FEATURE_UPDATES = Counter(
     "mlsys_feature_updates_total", "Admin single-entity feature updates", ("entity",)
 )
+CONNECTIONS_DROPPED = Counter(
+    "mlsys_connections_dropped_total",
+    "Connections closed by the server: header_timeout, connection_cap",
+    ("reason",),
+)
 MODEL_INFO = Gauge(
     "mlsys_model_info",
     "1 for the model version each domain serves",

@@ -17,9 +17,13 @@ close at shutdown. Everything else is here, once for all domains:
 - GET /metrics: Prometheus text, merged over workers (see `monitoring`);
 - a pure-ASGI middleware that gives each request an id (X-Request-ID, echoed back), rejects
   bodies over the limit with 413 before they are buffered (`Settings.max_body_bytes`, 1 MiB,
-  or a component's own `max_body_bytes` for its routes, e.g. 10 MB for photos), times the
-  request into the latency histogram by route template and status, and writes one JSON log
-  line.
+  or a component's own `max_body_bytes` for its routes, e.g. 10 MB for photos), answers 408
+  when the body is not complete within `Settings.body_timeout_s`, times the request into the
+  latency histogram by route template and status, and writes one JSON log line (status 499
+  when the client left before the answer).
+
+Slow clients before the body (headers that never end, too many connections) are the
+protocol's business: `protocol.GuardedHttpToolsProtocol`, which `serve()` hands to uvicorn.
 
 Workers: `serve()` runs uvicorn with N worker processes; each builds its own app (own Redis
 connection pool, own model copy) through `app_from_env`, reading `Settings` from the
@@ -28,6 +32,7 @@ environment.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import logging
@@ -43,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -73,6 +78,13 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodyTimeout(Exception):
+    pass
+
+
+CLIENT_CLOSED = 499  # nginx's status for "the client went away before the response"
+
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -86,9 +98,11 @@ class RequestContext:
         max_body_bytes: int,
         log_requests: bool,
         body_limits: tuple[tuple[str, int], ...] = (),
+        body_timeout_s: float = Settings.body_timeout_s,
     ) -> None:
         self.app = app
         self.max_body = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self.body_limits = body_limits  # (path prefix, limit), checked in order
         self.log_requests = log_requests
 
@@ -126,14 +140,25 @@ class RequestContext:
             await send(message)
 
         received = 0
+        body_done = False
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_s
 
         async def receive_limited() -> Message:
-            nonlocal received
-            message = await receive()
+            """The body in bounded size and time: a slow or endless body gets 408 by the
+            deadline instead of holding the request until the client gives up."""
+            nonlocal received, body_done
+            if body_done:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > max_body:
                     raise BodyTooLarge
+                body_done = not message.get("more_body", False)
             return message
 
         try:
@@ -149,6 +174,18 @@ class RequestContext:
                     "message": f"request body exceeds {max_body} bytes",
                 }
                 await JSONResponse(body, status_code=413)(scope, receive, send_wrapper)
+        except BodyTimeout:
+            if not started_response:
+                body = {
+                    "error": "request_timeout",
+                    "field": "body",
+                    "message": f"request body not complete within {self.body_timeout_s:g} s",
+                }
+                close = {"connection": "close"}
+                response = JSONResponse(body, status_code=408, headers=close)
+                await response(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            status = CLIENT_CLOSED  # nobody to answer; logged, not an error of ours
         except Exception:
             log.exception("unhandled error", extra={"fields": {"request_id": request_id}})
             if not started_response:
@@ -241,6 +278,7 @@ def create_app(settings: Settings, components: list[Component] | None = None) ->
         max_body_bytes=settings.max_body_bytes,
         log_requests=settings.log_requests,
         body_limits=body_limits,
+        body_timeout_s=settings.body_timeout_s,
     )
     return app
 
@@ -259,6 +297,7 @@ def serve(
     unbounded queue; off by default, as the measured capacity is far above the spec's load.
     """
     os.environ.update(settings.to_env())
+    _raise_open_files_limit()
     # One BLAS/torch thread per worker: requests are small, workers are the parallelism.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
@@ -278,6 +317,17 @@ def serve(
             shutil.rmtree(created, ignore_errors=True)
 
 
+def _raise_open_files_limit() -> None:
+    """Soft descriptor limit up to the hard one (inherited by the workers), so the
+    `max_connections` cap binds before the process runs out of descriptors for Redis and
+    model files."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _run_uvicorn(host: str, port: int, workers: int, limit_concurrency: int | None) -> None:
     import uvicorn
 
@@ -290,7 +340,7 @@ def _run_uvicorn(host: str, port: int, workers: int, limit_concurrency: int | No
         access_log=False,
         log_level="warning",
         loop="uvloop",
-        http="httptools",
+        http="mlsys.platform.protocol:GuardedHttpToolsProtocol",
         timeout_keep_alive=30,
         timeout_graceful_shutdown=5,
         limit_concurrency=limit_concurrency,

@@ -26,6 +26,13 @@ class Settings:
     admin_token: str | None = None  # None disables the admin feature-update endpoints
     tagger_model_dir: str | None = None  # hook for the garment tagger's POST /tag
     log_requests: bool = True  # one JSON line per request on stderr
+    # Slow or idle clients (see protocol.py and server.RequestContext). Defaults: a request's
+    # headers arrive in one packet, so 10 s is generous; 30 s carries a 10 MB photo at
+    # 2.7 Mbit/s, a slow mobile uplink; 1,000 open connections per worker is twice what a
+    # 500 rps load with keep-alive holds, and far below the 20,000-descriptor limit here.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 1000
 
     def to_env(self) -> dict[str, str]:
         """The variables `from_env` reads back; None values are left out."""

@@ -3,32 +3,41 @@
 The image arrives either as a multipart form field (any file part; `file` preferred) or as the
 raw request body. Defences, in the order a request meets them:
 
+- more than `max_in_flight` /tag requests already in this worker -> 503 with Retry-After,
+  before the body is read: bodies waiting for the decoder are bounded in number, so in memory;
 - body over 10 MB -> 413, counted while the body streams in, so a 1 GB upload costs at most
   10 MB of memory (the Content-Length header is checked first when there is one);
+- a multipart body with more than `MAX_PARTS` parts, or malformed -> 400 naming `file`;
 - not an image (unknown format) -> 415;
-- over 40 megapixels -> 413, judged from the image header before any pixel is decoded, so a
-  decompression bomb (a tiny PNG claiming 50,000 x 50,000) never allocates its raster;
+- over 40 megapixels, or more decoded memory than the pixel budget -> 413; a side over 20x
+  the other -> 422: all judged from the image header before any pixel is decoded
+  (`preprocess.decode_image`), so a decompression bomb never allocates its raster;
 - truncated or corrupt image -> 422.
 
-Decoding and inference run in the thread pool: ONNX Runtime releases the GIL and the event
-loop stays free to read the next request.
+Everything CPU-bound, multipart parsing included, runs in a worker thread, at most
+`concurrency` at a time per worker process: the event loop stays free for other routes
+(before, 100,000 empty multipart parts parsed on the loop stalled /recommend for 28 s), and
+at most `concurrency` images are decoded at once, which bounds the worker's peak memory.
 """
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
+import anyio
+import anyio.to_thread
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from mlsys.platform.validation import InvalidRequest, error_response, invalid
 from mlsys.tagger.inference import TaggerModel
 from mlsys.tagger.preprocess import (
     CorruptImageError,
+    ImageShapeError,
     ImageTooLargeError,
     NotAnImageError,
     decode_image,
@@ -36,14 +45,11 @@ from mlsys.tagger.preprocess import (
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 40_000_000
+MAX_PARTS = 8  # a photo upload has one file part, perhaps a few text fields
 
 
 class _BodyTooLarge(Exception):
     pass
-
-
-def _error(status: int, error: str, message: str, field: str = "image") -> JSONResponse:
-    return JSONResponse({"error": error, "field": field, "message": message}, status_code=status)
 
 
 async def read_limited(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
@@ -60,26 +66,68 @@ async def read_limited(chunks: AsyncIterator[bytes], declared: str | None, limit
     return b"".join(parts)
 
 
-def image_from_multipart(content_type: str, body: bytes) -> bytes | None:
-    """The file part of a multipart/form-data body (field `file` first, else the first file).
+class _Parts:
+    """python-multipart callbacks that keep each part's headers and data, up to `limit` parts."""
 
-    The stdlib MIME parser is enough here: the body is already bounded at 10 MB.
-    """
-    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[tuple[dict[bytes, bytes], list[bytes]]] = []
+        self._field = b""
+        self._value = b""
+
+    def begin(self) -> None:
+        if len(self.parts) >= self.limit:
+            raise InvalidRequest("file", f"multipart body has more than {self.limit} parts", 400)
+        self.parts.append(({}, []))
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def header_end(self) -> None:
+        self.parts[-1][0][self._field.lower()] = self._value
+        self._field = self._value = b""
+
+    def data(self, data: bytes, start: int, end: int) -> None:
+        self.parts[-1][1].append(data[start:end])
+
+
+def image_from_multipart(content_type: str, body: bytes, max_parts: int = MAX_PARTS) -> bytes:
+    """The file part of a multipart/form-data body (field `file` first, else the first file),
+    or InvalidRequest naming `file`. Linear in the body, and stops at the part past the cap."""
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise InvalidRequest("file", "multipart content-type has no boundary", 400)
+    parts = _Parts(max_parts)
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": parts.begin,
+            "on_header_field": parts.header_field,
+            "on_header_value": parts.header_value,
+            "on_header_end": parts.header_end,
+            "on_part_data": parts.data,
+        },
     )
-    if not msg.is_multipart():
-        return None
+    try:
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise InvalidRequest("file", f"malformed multipart body ({exc})", 400) from None
     fallback: bytes | None = None
-    for part in msg.iter_parts():
-        payload = part.get_payload(decode=True)
-        if not isinstance(payload, bytes):
-            continue
-        name = part.get_param("name", header="content-disposition")
-        if name == "file":
-            return payload
-        if fallback is None and (part.get_filename() is not None or name in ("image", "photo")):
-            fallback = payload
+    for headers, chunks in parts.parts:
+        _, disposition = parse_options_header(headers.get(b"content-disposition", b""))
+        name = disposition.get(b"name")
+        if name == b"file":
+            return b"".join(chunks)
+        if fallback is None and (b"filename" in disposition or name in (b"image", b"photo")):
+            fallback = b"".join(chunks)
+    if fallback is None:
+        message = "multipart body has no file part (send it as field 'file')"
+        raise InvalidRequest("file", message, 400)
     return fallback
 
 
@@ -87,52 +135,75 @@ class TagEndpoint:
     """Holds the loaded model; one instance per server worker."""
 
     def __init__(
-        self, model: TaggerModel, max_body_bytes: int = MAX_BODY_BYTES, max_pixels: int = MAX_PIXELS
+        self,
+        model: TaggerModel,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_pixels: int = MAX_PIXELS,
+        *,
+        concurrency: int = 1,
+        max_in_flight: int = 8,
     ) -> None:
         self.model = model
         self.max_body = max_body_bytes
         self.max_pixels = max_pixels
+        self.concurrency = concurrency
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self._limiter: anyio.CapacityLimiter | None = None  # made on the worker's event loop
 
-    def _tag(self, data: bytes) -> dict[str, Any]:
-        img = decode_image(data, max_pixels=self.max_pixels)
+    def _tag(self, content_type: str, body: bytes) -> dict[str, Any]:
+        data = body
+        if content_type.lower().startswith("multipart/"):
+            data = image_from_multipart(content_type, body)
+        if not data:
+            raise InvalidRequest(
+                "body", "send an image as the request body or as multipart field 'file'", 400
+            )
+        # Twice the model's input side: enough for the resize, a fraction of a photo's pixels.
+        img = decode_image(data, max_pixels=self.max_pixels, min_side=2 * self.model.config.size)
         probs = self.model.predict_images([img])
         return self.model.describe(probs)
 
     async def handle(self, request: Request) -> Response:
+        if self.in_flight >= self.max_in_flight:
+            return error_response(
+                503,
+                "busy",
+                "body",
+                f"{self.max_in_flight} images are already being tagged here; retry shortly",
+                headers={"retry-after": "1"},
+            )
+        self.in_flight += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle(self, request: Request) -> Response:
         try:
             body = await read_limited(
                 request.stream(), request.headers.get("content-length"), self.max_body
             )
         except _BodyTooLarge:
-            return _error(
-                413, "payload_too_large", f"request body exceeds {self.max_body} bytes", "body"
-            )
+            message = f"request body exceeds {self.max_body} bytes"
+            return error_response(413, "payload_too_large", "body", message)
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.concurrency)
         content_type = request.headers.get("content-type", "")
-        data: bytes | None = body
-        if content_type.lower().startswith("multipart/"):
-            data = image_from_multipart(content_type, body)
-            if data is None:
-                return _error(
-                    400,
-                    "missing_file",
-                    "multipart body has no file part (send it as field 'file')",
-                    "file",
-                )
-        if not data:
-            return _error(
-                400,
-                "empty_body",
-                "send an image as the request body or as multipart field 'file'",
-                "body",
-            )
         try:
-            result = await run_in_threadpool(self._tag, data)
+            result = await anyio.to_thread.run_sync(
+                self._tag, content_type, body, limiter=self._limiter
+            )
+        except InvalidRequest as exc:
+            return invalid(exc)
         except NotAnImageError as exc:
-            return _error(415, "unsupported_media_type", str(exc))
+            return error_response(415, "unsupported_media_type", "image", str(exc))
         except ImageTooLargeError as exc:
-            return _error(413, "image_too_large", str(exc))
+            return error_response(413, "image_too_large", "image", str(exc))
+        except ImageShapeError as exc:
+            return error_response(422, "unsupported_dimensions", "image", str(exc))
         except CorruptImageError as exc:
-            return _error(422, "corrupt_image", str(exc))
+            return error_response(422, "corrupt_image", "image", str(exc))
         return JSONResponse(result)
 
 

@@ -16,10 +16,24 @@ images were prepared, so there is one chain from bytes to array and every caller
 exactly the training transform. Training-time augmentation, where wanted, happens on the PIL
 image between decode and `to_array`; it is the trainer's, and off for evaluation and serving.
 
-Safety: `decode_image` reads the header first and refuses images over `max_pixels` before
-any pixel is decoded (a decompression bomb is a small file that decodes to gigabytes). The
-typed errors carry the HTTP status the API answers with: 413 too large, 415 not an image,
-422 an image that does not decode.
+Safety: `decode_image` reads the header first and judges the image before any pixel is
+decoded (a decompression bomb is a small file that decodes to gigabytes):
+
+- more than `max_pixels` -> 413;
+- a side more than `MAX_ASPECT` times the other -> 422: a 1 x 39,000,000 PNG is 76 KB on
+  the wire, and PIL keeps a pointer and a line per row, so it took 1.5 GB to decode;
+- `decoded_bytes` over `max_decoded_bytes` -> 413. Megapixels alone do not bound memory: a
+  16-bit PNG is converted through wider arrays, transparency and EXIF rotation add copies.
+  `decoded_bytes` is an upper bound of what decoding and converting to RGB holds at its peak,
+  from the header's size and mode;
+- `min_side` (the API passes twice the model's input side) lets a JPEG decode at 1/2, 1/4 or
+  1/8 scale (libjpeg's DCT scaling) while both sides stay >= min_side: a 40-megapixel photo
+  then decodes to ~2.5 megapixels, in a sixteenth of the memory and time. The result is
+  resized to the model's input anyway, so the input changes by less than resampling noise
+  (tests/tagger/test_preprocess.py measures it). Training images (256 px) are never reduced.
+
+The typed errors carry the HTTP status the API answers with: 413 too large, 415 not an image,
+422 an image that does not decode or has unusable dimensions.
 """
 
 from __future__ import annotations
@@ -39,6 +53,9 @@ from mlsys.errors import MlsysError
 DEFAULT_SIZE = 224
 MAX_PIXELS = 40_000_000
 MAX_BYTES = 25 * 1024 * 1024
+MAX_ASPECT = 20.0
+# A 40-megapixel RGB JPEG at full scale (the largest accepted) is 40M x 4 bytes = 160 MB.
+MAX_DECODED_BYTES = 192 * 1024 * 1024
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,7 +91,52 @@ class CorruptImageError(ImageError):
     http_status = 422
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+class ImageShapeError(ImageError):
+    """Dimensions no photo has (a side many times the other); decoding them costs far more
+    memory per pixel than a photo's."""
+
+    http_status = 422
+
+
+# PIL's bytes per pixel in memory: 1- and 8-bit modes take one, 16-bit greyscale two, every
+# other mode (RGB included, padded to four bands) four.
+_STORED = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_EXIF_ORIENTATION = 0x0112
+
+
+def decoded_bytes(img: Image.Image) -> int:
+    """Upper bound of the bytes `decode_image` holds at once for an opened (not yet loaded)
+    image: the raster, the copies `_to_rgb` makes for its mode, an EXIF rotation's copy."""
+    width, height = img.size
+    stored = _STORED.get(img.mode, 4)
+    if img.mode.startswith(("I", "F")):
+        extra = 4 + 4 + 1 + 4  # array copy, scaled float32, 8-bit grey, RGB
+    elif img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        extra = 4 + 4  # RGBA copy, RGB canvas
+    elif img.mode != "RGB":
+        extra = 4  # RGB copy
+    else:
+        extra = 0
+    per_pixel = stored + extra + (4 if _may_rotate(img) else 0)
+    return width * height * per_pixel + height * 64  # + PIL's per-line bookkeeping
+
+
+def _may_rotate(img: Image.Image) -> bool:
+    """Whether `exif_transpose` may copy the raster. JPEG keeps EXIF in its header; other
+    formats may keep it after the pixels (PNG's getexif() decodes the image to find it), so
+    for them the copy is budgeted unless the header already showed an upright EXIF."""
+    if img.format in ("JPEG", "MPO") or "exif" in img.info:
+        return img.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None)
+    return True
+
+
+def decode_image(
+    data: bytes,
+    max_pixels: int = MAX_PIXELS,
+    *,
+    max_decoded_bytes: int = MAX_DECODED_BYTES,
+    min_side: int | None = None,
+) -> Image.Image:
     """Decode `data` into an RGB image, or raise one of the typed errors above."""
     if len(data) > MAX_BYTES:
         raise ImageTooLargeError(f"image is {len(data):,} bytes; the limit is {MAX_BYTES:,}")
@@ -93,13 +155,28 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if img.format not in ALLOWED_FORMATS:
         raise NotAnImageError(f"image format {img.format} is not accepted")
     width, height = img.size
+    if width < 1 or height < 1:
+        raise CorruptImageError(f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:
         raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height / 1e6:.1f} MP; "
             f"the limit is {max_pixels / 1e6:g} MP"
         )
-    if width < 1 or height < 1:
-        raise CorruptImageError(f"image has no pixels ({width}x{height})")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageShapeError(
+            f"image is {width}x{height}; one side may be at most {MAX_ASPECT:g}x the other"
+        )
+    try:
+        if min_side is not None and img.format in ("JPEG", "MPO"):
+            img.draft(None, (min_side, min_side))  # header only: picks the DCT scale
+        cost = decoded_bytes(img)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise CorruptImageError(f"image header does not decode ({exc})") from None
+    if cost > max_decoded_bytes:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} in mode {img.mode}: decoding it takes about "
+            f"{cost / 2**20:.0f} MiB; the limit is {max_decoded_bytes / 2**20:.0f} MiB"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -119,10 +196,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         canvas = Image.new("RGB", rgba.size, (255, 255, 255))
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
-    if img.mode.startswith("I"):  # 16/32-bit greyscale: scale into 8 bits
-        arr = np.asarray(img, np.float64)
+    if img.mode.startswith(("I", "F")):  # 16/32-bit greyscale: scale into 8 bits
+        arr = np.array(img, np.float32)  # a writable copy; float32 halves float64's peak
         peak = max(float(arr.max()), 255.0)
-        img = Image.fromarray((arr * (255.0 / peak)).astype(np.uint8), "L")
+        arr *= 255.0 / peak
+        img = Image.fromarray(arr.astype(np.uint8), "L")
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
