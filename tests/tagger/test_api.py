@@ -1,4 +1,5 @@
-"""POST /tag on a small Starlette app around the tagger's routes: answers and every error case."""
+"""POST /tag through the platform server with only the tagger mounted: answers and every error
+case, every body checked as strict JSON."""
 
 from __future__ import annotations
 
@@ -6,23 +7,26 @@ import io
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
-from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from mlsys.tagger.api import MAX_BODY_BYTES, routes
-from mlsys.tagger.inference import TaggerModel
+from mlsys.tagger.api import MAX_BODY_BYTES
 from mlsys.tagger.schema import CATEGORIES, TAGS
 
 
 @pytest.fixture(scope="module")
-def client(tagger_model: Path) -> Iterator[TestClient]:
-    app = Starlette(routes=routes(TaggerModel(tagger_model)))
+def client(tagger_model: Path, json_bodies: Any) -> Iterator[TestClient]:
+    """The platform server with only the tagger mounted, as `mlsys serve` builds it."""
+    from mlsys.platform.server import create_app
+    from mlsys.platform.settings import Settings
+
+    app = create_app(Settings(tagger_model_dir=str(tagger_model), log_requests=False))
     with TestClient(app) as c:
-        yield c
+        yield json_bodies(c)
 
 
 def _jpeg(size: tuple[int, int] = (120, 160), seed: int = 0) -> bytes:
@@ -131,8 +135,10 @@ def test_empty_body_and_multipart_without_file_are_400(client: TestClient) -> No
     assert r.status_code == 400
 
 
-def test_get_is_405(client: TestClient) -> None:
-    assert client.get("/tag").status_code == 405
+def test_get_is_405_in_json(client: TestClient) -> None:
+    r = client.get("/tag")
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+    assert client.get("/nowhere").json()["error"] == "not_found"
 
 
 def test_platform_server_mounts_tag_with_its_own_10mb_limit(tagger_model: Path) -> None:

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -266,7 +267,19 @@ def create_app(settings: Settings, components: list[Component] | None = None) ->
             if part.close is not None:
                 part.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """The router's own 404 and 405 in the same JSON shape as every other error."""
+        assert isinstance(exc, HTTPException)
+        error, field = {404: ("not_found", "path"), 405: ("method_not_allowed", "method")}.get(
+            exc.status_code, ("http_error", "request")
+        )
+        body = {"error": error, "field": field, "message": f"{exc.detail}: {request.method} "
+                f"{request.url.path}"}  # fmt: skip
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+    )
     body_limits = tuple(
         (getattr(route, "path", "").split("{", 1)[0], part.max_body_bytes)
         for part in parts

@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,8 +88,10 @@ def start_api(
     log_path: Path,
     extra_env: dict[str, str] | None = None,
     access_log: bool = True,
+    extra_args: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
-    """`mlsys serve` as a child in its own session, its JSON logs going to `log_path`."""
+    """`mlsys serve` as a child in its own session, its JSON logs going to `log_path`;
+    `extra_args` are more `mlsys serve` options (e.g. `--tagger-model DIR`)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **(extra_env or {})}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve makes a fresh one
@@ -103,6 +105,7 @@ def start_api(
     ]  # fmt: skip
     if not access_log:
         cmd.append("--no-access-log")
+    cmd.extend(extra_args)
     with log_path.open("ab") as log:
         return subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -209,7 +209,12 @@ def _add_train_commands(verbs: Verbs) -> None:
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model.pt, model.json, ...")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (default: cores - 2, at least 1; see docs/training-report.md)",
+    )
     p.add_argument("--seed", type=int, default=0, help="init and shuffle seed")
     p.add_argument("--no-shuffle", action="store_true", help="read rows in file order")
     p.add_argument("--limit-rows", type=int, default=None, help="use the first N rows per epoch")
@@ -222,7 +227,7 @@ def _add_train_commands(verbs: Verbs) -> None:
     p.add_argument("model", metavar="MODEL_DIR", help="a model directory or a bare kit model.pt")
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--out", default=None, help="output folder (default: next to the model)")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default as training)")
     p.add_argument("--limit-rows", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
 

@@ -27,6 +27,7 @@ from mlsys.recommender.data import ClickDataset, open_dataset
 from mlsys.recommender.fastgrad import FactoredStep
 from mlsys.recommender.model import RankNet
 from mlsys.recommender.stream import FeatureTables, iter_chunks, pooled_prefetch
+from mlsys.recommender.train import default_threads
 
 EVALUATION_FILE = "evaluation.json"
 RELIABILITY_FILE = "reliability.png"
@@ -172,8 +173,7 @@ def evaluate(
     Output goes next to the model (a model directory) unless `out_dir` is given; a bare kit
     `model.pt` is evaluated the same way.
     """
-    if threads > 0:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads if threads > 0 else default_threads())
     model, meta = load_ranknet(model_path)
     dataset = open_dataset(data_dir)
     report = evaluate_model(model, dataset, limit_rows=limit_rows, progress=progress)

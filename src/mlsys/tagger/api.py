@@ -46,6 +46,7 @@ from mlsys.tagger.preprocess import (
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 40_000_000
 MAX_PARTS = 8  # a photo upload has one file part, perhaps a few text fields
+MIN_DECODE_SIDE = 1024
 
 
 class _BodyTooLarge(Exception):
@@ -149,6 +150,11 @@ class TagEndpoint:
         self.concurrency = concurrency
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        # A JPEG may decode at a reduced scale only while both sides stay >= min_side: at
+        # least twice the model's input (enough for its resize) and 1,024 px, so any image
+        # whose short side is under 2,048 px, the training images included, decodes exactly
+        # as training and `mlsys predict` decode it; a 40 MP photo decodes at 1/4 scale.
+        self.min_side = max(MIN_DECODE_SIDE, 2 * model.config.size)
         self._limiter: anyio.CapacityLimiter | None = None  # made on the worker's event loop
 
     def _tag(self, content_type: str, body: bytes) -> dict[str, Any]:
@@ -159,8 +165,7 @@ class TagEndpoint:
             raise InvalidRequest(
                 "body", "send an image as the request body or as multipart field 'file'", 400
             )
-        # Twice the model's input side: enough for the resize, a fraction of a photo's pixels.
-        img = decode_image(data, max_pixels=self.max_pixels, min_side=2 * self.model.config.size)
+        img = decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side)
         probs = self.model.predict_images([img])
         return self.model.describe(probs)
 

@@ -26,11 +26,12 @@ decoded (a decompression bomb is a small file that decodes to gigabytes):
   16-bit PNG is converted through wider arrays, transparency and EXIF rotation add copies.
   `decoded_bytes` is an upper bound of what decoding and converting to RGB holds at its peak,
   from the header's size and mode;
-- `min_side` (the API passes twice the model's input side) lets a JPEG decode at 1/2, 1/4 or
-  1/8 scale (libjpeg's DCT scaling) while both sides stay >= min_side: a 40-megapixel photo
-  then decodes to ~2.5 megapixels, in a sixteenth of the memory and time. The result is
-  resized to the model's input anyway, so the input changes by less than resampling noise
-  (tests/tagger/test_preprocess.py measures it). Training images (256 px) are never reduced.
+- `min_side` lets a JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) while both
+  sides stay >= min_side. The API passes 1,024 (`api.MIN_DECODE_SIDE`), so a 40-megapixel
+  photo decodes to ~2.5 megapixels, a sixteenth of the memory and time, while any image with
+  a short side under 2,048 px, the training images (256 px) included, decodes in full. The
+  result is resized to the model's input anyway, so a reduced decode changes that input by
+  resampling noise (tests/tagger/test_preprocess.py measures it).
 
 The typed errors carry the HTTP status the API answers with: 413 too large, 415 not an image,
 422 an image that does not decode or has unusable dimensions.
