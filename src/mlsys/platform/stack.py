@@ -136,8 +136,10 @@ def running_stack(
     port: int | None = None,
     access_log: bool = True,
     progress: bool = True,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[Stack]:
-    """Redis + `features load` + `mlsys serve`; everything started is stopped on exit."""
+    """Redis + `features load` + `mlsys serve` (`extra_args`: more of its options);
+    everything started is stopped on exit."""
     from mlsys.recommender.features import connect, materialize
 
     work = Path(workdir)
@@ -149,7 +151,7 @@ def running_stack(
         log_path = work / "api.log"
         api = start_api(
             model_dir, redis.url, port=port, workers=workers, log_path=log_path,
-            access_log=access_log,
+            access_log=access_log, extra_args=extra_args,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, api)
