@@ -27,6 +27,7 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks perf_test notebooks/build_garment_tagging.py
 	$(VENV)/bin/ruff format --check src tests benchmarks perf_test notebooks/build_garment_tagging.py
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -6,7 +6,7 @@
 
 Starts the real server (`mlsys.platform.server.serve`, uvicorn, 2 workers, the tagger
 component only), then replays test-set JPEGs as raw bodies through the same open-model
-generator as `mlsys loadtest` (`mlsys.platform.loadtest`): each request is sent at its
+generator as `mlsys loadtest` (`mlsys.compose.loadtest`): each request is sent at its
 scheduled time and its latency counted from that time, so a stalled server cannot hide behind
 a waiting client. Writes the summary JSON and the latency PNG beside it.
 """
@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from mlsys.platform.loadtest import http_post, parse_url, plot_run, run_once
-from mlsys.platform.stack import stop_process, wait_ready
+from mlsys.compose.loadtest import http_post, parse_url, plot_run, run_once
+from mlsys.compose.stack import stop_process, wait_ready
 from mlsys.tagger.schema import open_garments
 
 
@@ -31,7 +31,8 @@ def start_server(model_dir: str, port: int, workers: int) -> subprocess.Popen[by
         "from mlsys.platform.server import serve; from mlsys.platform.settings import Settings; "
         f"serve(Settings(tagger_model_dir={str(Path(model_dir).resolve())!r}, "
         "max_body_bytes=10*1024*1024, log_requests=False), "
-        f"host='127.0.0.1', port={port}, workers={workers})"
+        f"factory='mlsys.compose.app:app_from_env', host='127.0.0.1', port={port}, "
+        f"workers={workers})"
     )
     return subprocess.Popen(
         [sys.executable, "-c", code], env={**os.environ}, start_new_session=True

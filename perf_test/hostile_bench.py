@@ -242,7 +242,7 @@ def main() -> int:
 
     import pyarrow.parquet as pq
 
-    from mlsys.platform.stack import running_stack
+    from mlsys.compose.stack import running_stack
 
     rows = pq.read_table(Path(args.data) / "requests.parquet").slice(0, 500).to_pylist()
     bodies = [(r["user_id"], json.dumps({k: r[k] for k in r if k != "user_id"}).encode())

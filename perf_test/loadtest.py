@@ -3,7 +3,7 @@
     python perf_test/loadtest.py http://127.0.0.1:8000 --requests data/requests.parquet \
         --rate 30 --duration 60
 
-is exactly `mlsys loadtest ...` (implementation: src/mlsys/platform/loadtest.py).
+is exactly `mlsys loadtest ...` (implementation: src/mlsys/compose/loadtest.py).
 """
 
 from __future__ import annotations

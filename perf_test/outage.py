@@ -35,7 +35,7 @@ def burst(http: httpx.Client, label: str, n: int = 20) -> None:
 
 
 def main() -> None:
-    from mlsys.platform.stack import running_stack
+    from mlsys.compose.stack import running_stack
     from mlsys.recommender.features import connect, materialize
 
     ap = argparse.ArgumentParser()

@@ -133,8 +133,8 @@ class MemorySampler:
 
 
 def main() -> None:
-    from mlsys.platform.loadtest import load_requests, parse_url, run_once
-    from mlsys.platform.stack import running_stack, stack_memory
+    from mlsys.compose.loadtest import load_requests, parse_url, run_once
+    from mlsys.compose.stack import running_stack, stack_memory
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
@@ -168,7 +168,7 @@ def main() -> None:
 
             sampler = MemorySampler(stack)
             sampler.start()
-            from mlsys.platform.loadtest import plot_run, plot_sweep
+            from mlsys.compose.loadtest import plot_run, plot_sweep
 
             payloads = load_requests(requests_path, parse_url(stack.api_url))
             log_start = stack.log_path.stat().st_size

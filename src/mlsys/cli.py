@@ -35,7 +35,7 @@ VERBS: dict[str, str] = {
 COMMAND_MODULES: tuple[str, ...] = (
     "mlsys.recommender.commands",
     "mlsys.tagger.commands",
-    "mlsys.platform.commands",
+    "mlsys.compose.commands",
 )
 
 Handler = Callable[[argparse.Namespace], int | None]

@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mlsys.compose.stack import start_api, stop_process, wait_ready
 from mlsys.platform.redis_server import RedisServer, free_port
-from mlsys.platform.stack import start_api, stop_process, wait_ready
 
 pytestmark = pytest.mark.integration
 TOKEN = "hostile-token"

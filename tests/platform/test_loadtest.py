@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mlsys.platform.loadtest import main, run_once
+from mlsys.compose.loadtest import main, run_once
 from mlsys.platform.redis_server import free_port
 
 SLOW_S = 0.2

@@ -17,8 +17,8 @@ import torch
 from geographiclib.geodesic import Geodesic
 from starlette.testclient import TestClient
 
+from mlsys.compose.app import build_app
 from mlsys.platform.redis_server import RedisServer, free_port
-from mlsys.platform.server import create_app
 from mlsys.platform.settings import Settings
 from mlsys.recommender import features as F
 from mlsys.recommender.data import open_dataset
@@ -42,7 +42,7 @@ def data(tiny_data: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def client(loaded_redis: RedisServer, model_dir: Path, json_bodies: Any) -> Iterator[TestClient]:
     settings = Settings(model_dir=str(model_dir), redis_url=loaded_redis.url, admin_token=TOKEN)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(build_app(settings)) as c:
         yield json_bodies(c)
 
 
@@ -259,7 +259,7 @@ def test_redis_outage_is_fast_503_then_recovers(
     try:
         F.materialize(tiny_data, F.connect(server.url, timeout_s=5), progress=False)
         settings = Settings(model_dir=str(model_dir), redis_url=server.url)
-        with TestClient(create_app(settings)) as c:
+        with TestClient(build_app(settings)) as c:
             assert c.post("/recommend/1", json=body([1, 2])).status_code == 200
 
             assert server.proc is not None
@@ -294,7 +294,7 @@ def test_redis_outage_is_fast_503_then_recovers(
 def test_serve_subprocess_two_workers(
     loaded_redis: RedisServer, model_dir: Path, tmp_path: Path
 ) -> None:
-    from mlsys.platform.stack import start_api, stop_process, wait_ready
+    from mlsys.compose.stack import start_api, stop_process, wait_ready
 
     port = free_port()
     log = tmp_path / "api.log"

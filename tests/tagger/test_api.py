@@ -21,10 +21,10 @@ from mlsys.tagger.schema import CATEGORIES, TAGS
 @pytest.fixture(scope="module")
 def client(tagger_model: Path, json_bodies: Any) -> Iterator[TestClient]:
     """The platform server with only the tagger mounted, as `mlsys serve` builds it."""
-    from mlsys.platform.server import create_app
+    from mlsys.compose.app import build_app
     from mlsys.platform.settings import Settings
 
-    app = create_app(Settings(tagger_model_dir=str(tagger_model), log_requests=False))
+    app = build_app(Settings(tagger_model_dir=str(tagger_model), log_requests=False))
     with TestClient(app) as c:
         yield json_bodies(c)
 
@@ -143,10 +143,10 @@ def test_get_is_405_in_json(client: TestClient) -> None:
 
 def test_platform_server_mounts_tag_with_its_own_10mb_limit(tagger_model: Path) -> None:
     """Through the real server factory: a 2+ MB photo passes the 1 MiB server-wide default."""
-    from mlsys.platform.server import create_app
+    from mlsys.compose.app import build_app
     from mlsys.platform.settings import Settings
 
-    app = create_app(Settings(tagger_model_dir=str(tagger_model), log_requests=False))
+    app = build_app(Settings(tagger_model_dir=str(tagger_model), log_requests=False))
     photo = _jpeg((1600, 1600), seed=3)
     assert len(photo) > Settings().max_body_bytes
     with TestClient(app) as c:

@@ -1,20 +1,16 @@
 """The HTTP server: one Starlette app, domain routes plugged in, operations routes built in.
 
-`create_app(settings)` collects a `Component` from each configured domain:
-
-- `mlsys.recommender.api.component(settings)` when `settings.model_dir` is set
-  (POST /recommend/{user_id}, PUT /admin/features/...);
-- the garment tagger plugs in the same way: when `settings.tagger_model_dir` is set (CLI
-  `mlsys serve --tagger-model DIR`, env MLSYS_TAGGER_MODEL_DIR), `create_app` imports
-  `mlsys.tagger.api` and calls its `component(settings) -> Component` (e.g. POST /tag).
-
-A `Component` is its routes, its readiness checks (shown and enforced by /readyz) and what to
-close at shutdown. Everything else is here, once for all domains:
+This is infrastructure: it knows `Component`s, not domains. Each domain's `api.component(
+settings)` returns one (its routes, its readiness checks, what to close at shutdown, its body
+limit), and `mlsys.compose.app` decides which domains a server runs (the recommender when
+`settings.model_dir` is set, the garment tagger when `settings.tagger_model_dir` is).
+Everything else is here, once for all domains:
 
 - GET /healthz: the process is alive (no dependencies checked, so a slow Redis never gets a
   healthy worker killed);
 - GET /readyz: every component's checks pass (Redis reachable, model loaded, features loaded);
 - GET /metrics: Prometheus text, merged over workers (see `monitoring`);
+- 404 and 405 in the same JSON error shape as every other error;
 - a pure-ASGI middleware that gives each request an id (X-Request-ID, echoed back), rejects
   bodies over the limit with 413 before they are buffered (`Settings.max_body_bytes`, 1 MiB,
   or a component's own `max_body_bytes` for its routes, e.g. 10 MB for photos), answers 408
@@ -26,7 +22,7 @@ Slow clients before the body (headers that never end, too many connections) are 
 protocol's business: `protocol.GuardedHttpToolsProtocol`, which `serve()` hands to uvicorn.
 
 Workers: `serve()` runs uvicorn with N worker processes; each builds its own app (own Redis
-connection pool, own model copy) through `app_from_env`, reading `Settings` from the
+connection pool, own model copy) through the factory it is given, reading `Settings` from the
 environment.
 """
 
@@ -34,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import re
@@ -214,24 +209,11 @@ class RequestContext:
                 )
 
 
-def _components(settings: Settings) -> list[Component]:
-    components = []
-    if settings.model_dir:
-        from mlsys.recommender.api import component as recommender
-
-        components.append(recommender(settings))
-    if settings.tagger_model_dir:
-        tagger = importlib.import_module("mlsys.tagger.api")
-        components.append(tagger.component(settings))
-    return components
-
-
-def create_app(settings: Settings, components: list[Component] | None = None) -> Starlette:
-    """Build the app; `components` overrides the domain discovery (tests)."""
+def create_app(settings: Settings, parts: list[Component]) -> Starlette:
+    """The app serving `parts` (which domains: `mlsys.compose.app` decides) plus operations."""
     from mlsys.platform.monitoring import render, setup_logging
 
     setup_logging()
-    parts = _components(settings) if components is None else components
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive", "pid": os.getpid()})
@@ -296,15 +278,16 @@ def create_app(settings: Settings, components: list[Component] | None = None) ->
     return app
 
 
-def app_from_env() -> Starlette:
-    """uvicorn's factory in every worker process: settings come from MLSYS_* variables."""
-    return create_app(Settings.from_env())
-
-
 def serve(
-    settings: Settings, host: str, port: int, workers: int, limit_concurrency: int | None = None
+    settings: Settings,
+    factory: str,
+    host: str,
+    port: int,
+    workers: int,
+    limit_concurrency: int | None = None,
 ) -> None:
-    """Run uvicorn with `workers` processes; blocks until interrupted.
+    """Run uvicorn with `workers` processes, each building its app with `factory` (an import
+    string, "module:function", reading `Settings.from_env()`); blocks until interrupted.
 
     `limit_concurrency` (per worker) turns overload into immediate 503s instead of an
     unbounded queue; off by default, as the measured capacity is far above the spec's load.
@@ -324,7 +307,7 @@ def serve(
         for stale in folder.glob("*.db"):
             stale.unlink()
     try:
-        _run_uvicorn(host, port, workers, limit_concurrency)
+        _run_uvicorn(factory, host, port, workers, limit_concurrency)
     finally:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
@@ -341,11 +324,13 @@ def _raise_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _run_uvicorn(host: str, port: int, workers: int, limit_concurrency: int | None) -> None:
+def _run_uvicorn(
+    factory: str, host: str, port: int, workers: int, limit_concurrency: int | None
+) -> None:
     import uvicorn
 
     uvicorn.run(
-        "mlsys.platform.server:app_from_env",
+        factory,
         factory=True,
         host=host,
         port=port,

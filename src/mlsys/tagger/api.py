@@ -33,6 +33,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from mlsys.platform.server import Component
+from mlsys.platform.settings import Settings
 from mlsys.platform.validation import InvalidRequest, error_response, invalid
 from mlsys.tagger.inference import TaggerModel
 from mlsys.tagger.preprocess import (
@@ -217,11 +219,10 @@ def routes(model: TaggerModel) -> list[BaseRoute]:
     return [Route("/tag", TagEndpoint(model).handle, methods=["POST"])]
 
 
-def component(settings: Any) -> Any:
+def component(settings: Settings) -> Component:
     """The platform server's hook (`Settings.tagger_model_dir`): POST /tag with its own 10 MB
     body limit (the server-wide default is sized for JSON)."""
-    from mlsys.platform.server import Component
-
+    assert settings.tagger_model_dir is not None
     model = TaggerModel(settings.tagger_model_dir, threads=1)
 
     def model_loaded() -> str | None:

@@ -37,8 +37,8 @@ def ensure_model(model_dir: Path) -> Path:
 def run_serving_steps(
     work: Path, data_dir: Path, model_dir: Path, first_step: int, seconds: float = 10.0
 ) -> dict[str, float]:
-    from mlsys.platform.loadtest import plot_run, run_once
-    from mlsys.platform.stack import running_stack, stack_memory
+    from mlsys.compose.loadtest import plot_run, run_once
+    from mlsys.compose.stack import running_stack, stack_memory
 
     model = ensure_model(model_dir)
     n = first_step

@@ -18,7 +18,7 @@ def add_commands(verbs: Verbs) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from mlsys.platform.demo import run_demo
+    from mlsys.compose.demo import run_demo
 
     return run_demo(args.workdir)
 
@@ -99,6 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    from mlsys.compose.app import FACTORY
     from mlsys.errors import MlsysError
     from mlsys.platform.server import serve
 
@@ -127,6 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     serve(
         settings,
+        factory=FACTORY,
         host=args.host,
         port=args.port,
         workers=workers,
@@ -136,6 +138,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _loadtest(args: argparse.Namespace) -> int:
-    from mlsys.platform.loadtest import main
+    from mlsys.compose.loadtest import main
 
     return main(args)

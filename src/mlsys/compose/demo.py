@@ -45,7 +45,7 @@ def run_demo(workdir: str | Path) -> int:
 
     # Serving (issue 4): Redis + features + API + 10 s at 30 rps, everything stopped after.
     # Serves the model trained in step 2.
-    from mlsys.platform.demo_serving import run_serving_steps
+    from mlsys.compose.demo_serving import run_serving_steps
 
     run_serving_steps(work, data_dir, model_dir=work / "ranknet", first_step=4)
 
