@@ -14,6 +14,17 @@ from mlsys.recommender.generate import generate_clicks
 from mlsys.tagger.generate import generate_garments
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Training commands log to MLflow; in tests, to a store of the session's own, never to
+    a `mlflow.db` in the working directory (MLflow's default)."""
+    folder = tmp_path_factory.mktemp("mlflow-session")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        env.setenv("MLSYS_MODEL_CACHE", str(folder / "cache"))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated `tiny` click dataset (seed 7), made once per test session. Treat as read-only."""

@@ -26,6 +26,7 @@ VERBS: dict[str, str] = {
     "predict": "write predictions for a test set",
     "bench": "run a benchmark",
     "features": "manage the online feature store",
+    "models": "manage the model registry (MLflow; $MLFLOW_TRACKING_URI)",
     "serve": "run the HTTP API",
     "loadtest": "replay requests against a running API",
     "demo": "run the main job end to end on a small dataset",
@@ -36,6 +37,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mlsys.recommender.commands",
     "mlsys.tagger.commands",
     "mlsys.compose.commands",
+    "mlsys.compose.models",
 )
 
 Handler = Callable[[argparse.Namespace], int | None]

@@ -222,6 +222,11 @@ def _add_train_commands(verbs: Verbs) -> None:
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint.pt")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--no-track",
+        action="store_true",
+        help="do not log the run to MLflow ($MLFLOW_TRACKING_URI)",
+    )
 
     p = verbs.add("evaluate", "ranknet", _evaluate_ranknet, "evaluate a RankNet on the test split")
     p.add_argument("model", metavar="MODEL_DIR", help="a model directory or a bare kit model.pt")
@@ -233,6 +238,7 @@ def _add_train_commands(verbs: Verbs) -> None:
 
 
 def _train_ranknet(args: argparse.Namespace) -> int:
+    from mlsys.platform.tracking import tracked_run, tracking_uri
     from mlsys.recommender.train import TrainConfig, train
 
     config = TrainConfig(
@@ -243,15 +249,19 @@ def _train_ranknet(args: argparse.Namespace) -> int:
         shuffle=not args.no_shuffle,
         limit_rows=args.limit_rows,
     )
-    train(
-        args.data_dir,
-        args.out,
-        config,
-        init_from=args.init_from,
-        resume=args.resume,
-        progress=not args.no_progress,
-        evaluate_test=not args.no_eval,
-    )
+    with tracked_run("ranknet", enabled=not args.no_track) as run:
+        train(
+            args.data_dir,
+            args.out,
+            config,
+            init_from=args.init_from,
+            resume=args.resume,
+            progress=not args.no_progress,
+            evaluate_test=not args.no_eval,
+            run=run,
+        )
+    if run.enabled:
+        print(f"tracked as MLflow run {run.run_id} at {tracking_uri()}")
     return 0
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from mlsys.platform.registry import ModelCard
 from mlsys.recommender.artifact import STATE_KEYS, ArtifactError, load_ranknet
 from mlsys.recommender.features import Rows
 from mlsys.recommender.geo import haversine_m
@@ -150,4 +151,32 @@ def rank(query: Query, rows: Rows, scorer: Scorer) -> Ranking:
         candidates=len(query.candidate_ids),
         unknown=rows.unknown,
         too_far=int(len(near) - int(near.sum())),
+    )
+
+
+def _probe_input() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """A fixed user and 8 restaurants spanning the features' typical range (about +-2)."""
+    user = np.linspace(-2.0, 2.0, 30, dtype=np.float32)
+    restaurants = np.linspace(-2.0, 2.0, 80, dtype=np.float32).reshape(8, 10)[::-1].copy()
+    return user, restaurants
+
+
+def probe(model_dir: str | Path) -> list[float]:
+    """The fixed input's click probabilities as `/recommend` computes them (the folded
+    scorer): recorded at registration, recomputed before a version becomes champion."""
+    scorer = load_model(model_dir).scorer
+    user, restaurants = _probe_input()
+    return [float(x) for x in scorer.scores(scorer.user_part(user), restaurants)]
+
+
+def model_card(model_dir: str | Path) -> ModelCard:
+    """What the registry records about a RankNet model directory."""
+    _, meta = load_ranknet(model_dir)
+    test = meta.get("metrics", {}).get("test", {})
+    return ModelCard(
+        kind="ranknet",
+        file_version=str(meta["version"]),
+        data_checksum=str(meta.get("data_checksum", "")),
+        metrics={k: float(test[k]) for k in ("accuracy", "roc_auc", "log_loss") if k in test},
+        probe=probe(model_dir),
     )

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from mlsys.errors import MlsysError
 from mlsys.files import atomic_file, atomic_write_json
+from mlsys.platform.tracking import Run
 from mlsys.recommender.artifact import load_ranknet, save_ranknet
 from mlsys.recommender.data import ClickDataset, open_dataset
 from mlsys.recommender.fastgrad import FactoredStep
@@ -253,12 +254,15 @@ def train(
     evaluate_test: bool = True,
     stop_after_epochs: int | None = None,
     log: Callable[[str], None] = print,
+    run: Run | None = None,
 ) -> TrainResult:
     """Train, checkpoint every epoch, evaluate on the test split, write model.pt + model.json.
 
     `stop_after_epochs` ends the run early as if killed after that many epochs (tests use it
-    to check that `resume` reproduces an uninterrupted run).
+    to check that `resume` reproduces an uninterrupted run). `run` (platform.tracking) gets
+    the config, every epoch's figures, the test metrics and the model directory.
     """
+    run = run or Run(None, None)
     if config.epochs < 1 or config.batch_size < 1:
         raise MlsysError("epochs and batch size must be >= 1")
     dataset = open_dataset(data_dir)
@@ -271,6 +275,8 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     threads = config.resolved_threads()
     torch.set_num_threads(threads)
+    run.log_params({**asdict(config), "threads": threads, "init_from": str(init_from or "")})
+    run.set_tags({"mlsys.data_checksum": dataset.checksum, "mlsys.model": "ranknet"})
 
     torch.manual_seed(config.seed)
     model = RankNet()
@@ -298,6 +304,11 @@ def train(
         history.append(stats)
         _save_checkpoint(checkpoint, model, optimizer, config, history, dataset.checksum)
         atomic_write_json(out / METRICS_FILE, _metrics_payload(config, history, {}))
+        run.log_metrics(
+            {"train_loss": stats.loss, "train_accuracy": stats.accuracy,
+             "epoch_seconds": stats.seconds, "rows_per_s": stats.rows_per_s},
+            step=stats.epoch,
+        )  # fmt: skip
         log(
             f"epoch {stats.epoch}/{config.epochs}  loss {stats.loss:.4f}  acc {stats.accuracy:.4f}"
             f"  {stats.seconds:.1f} s  {stats.rows_per_s / 1e6:.2f}M rows/s  ({stats.steps} steps,"
@@ -326,4 +337,6 @@ def train(
         },
     )
     log(f"wrote {out / 'model.pt'} and {out / 'model.json'}")
+    run.log_metrics({f"test_{k}": v for k, v in test.items()})
+    run.log_artifacts(out, "model")
     return TrainResult(model, history, test)

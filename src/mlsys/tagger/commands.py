@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlsys.cli import Verbs
+    from mlsys.platform.tracking import Run
 
 
 def add_commands(verbs: Verbs) -> None:
@@ -118,6 +119,11 @@ def add_model_commands(verbs: Verbs) -> None:
     p.add_argument("--max-images", type=int, default=None, help="train on a subset")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--no-track",
+        action="store_true",
+        help="do not log the run to MLflow ($MLFLOW_TRACKING_URI)",
+    )
 
     p = verbs.add("evaluate", "tagger", _evaluate_tagger, "score the tagger on the test split")
     p.add_argument("data_dir", metavar="DATA_DIR")
@@ -145,6 +151,7 @@ def add_model_commands(verbs: Verbs) -> None:
 def _train_tagger(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from mlsys.platform.tracking import tracked_run, tracking_uri
     from mlsys.tagger.train import QUICK, TrainConfig, train_tagger
 
     cfg = QUICK if args.quick else TrainConfig()
@@ -153,8 +160,25 @@ def _train_tagger(args: argparse.Namespace) -> int:
         for k in ("size", "epochs", "views", "tune_from_block", "max_images", "threads", "seed")
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    train_tagger(args.data_dir, args.out, cfg)
+    with tracked_run("garment-tagger", enabled=not args.no_track) as run:
+        meta = train_tagger(args.data_dir, args.out, cfg)
+        track_training(run, meta, args.out)
+    if run.enabled:
+        print(f"tracked as MLflow run {run.run_id} at {tracking_uri()}")
     return 0
+
+
+def track_training(run: Run, meta: dict[str, Any], model_dir: str) -> None:
+    """What `tagger.json` holds, as MLflow sees it: config as params, each epoch as a step,
+    the validation metrics, and the model directory as artifacts."""
+    run.log_params(meta["config"])
+    run.set_tags({"mlsys.data_checksum": meta["data_checksum"], "mlsys.model": "garment-tagger"})
+    for row in meta["history"]:
+        run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+    numbers = {k: v for k, v in meta["val_metrics"].items() if isinstance(v, int | float)}
+    run.log_metrics({f"val_{k}": v for k, v in numbers.items()})
+    run.log_metrics({"val_top1_changed_by_int8": meta["val_top1_changed_by_int8"]})
+    run.log_artifacts(model_dir, "model")
 
 
 def _evaluate_tagger(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from mlsys.errors import MlsysError
+from mlsys.platform.registry import ModelCard
 from mlsys.tagger.preprocess import PreprocessConfig, to_array
 
 MODEL_JSON = "tagger.json"
@@ -115,3 +116,33 @@ class TaggerModel:
             },
             "model_version": self.version,
         }
+
+
+def _probe_image(size: int) -> np.ndarray:
+    """A fixed (1, 3, size, size) input: smooth ramps and a checker, within the normalised
+    range, so every layer sees non-trivial activations."""
+    ramp = np.linspace(-2.0, 2.0, size, dtype=np.float32)
+    checker = (np.indices((size, size)).sum(0) // max(1, size // 8) % 2).astype(np.float32)
+    return np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1), checker])[None]
+
+
+def probe(model_dir: str | Path) -> list[float]:
+    """The fixed image's category and tag probabilities from the deployed ONNX file, as
+    `POST /tag` computes them: recorded at registration, recomputed before champion."""
+    model = TaggerModel(model_dir)
+    probs = model.run(_probe_image(model.config.size))
+    return [float(x) for x in (*probs.category[0], *probs.tags[0])]
+
+
+def model_card(model_dir: str | Path) -> ModelCard:
+    """What the registry records about a garment-tagger model directory."""
+    meta = load_meta(model_dir)
+    val = meta.get("val_metrics", {})
+    keys = ("tag_macro_f1", "colour_acc", "top1_trained")
+    return ModelCard(
+        kind="garment-tagger",
+        file_version=str(meta["version"]),
+        data_checksum=str(meta.get("data_checksum", "")),
+        metrics={k: float(val[k]) for k in keys if k in val},
+        probe=probe(model_dir),
+    )

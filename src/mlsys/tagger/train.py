@@ -567,6 +567,7 @@ def train_tagger(
         "history": history,
         "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
         "data_dir": str(Path(data_dir).resolve()),
+        "data_checksum": data.checksum,
         "n_train": len(y_fit),  # images whose category labels train, the validation ones too
         "n_val": len(y_val),  # of those, the ones whose tag and colour labels are held out
         "val_uuids": y_val.uuids,
