@@ -228,7 +228,7 @@ def test_health_ready_metrics(client: TestClient) -> None:
     assert 'status="200"' in text and 'status="422"' in text
     assert "mlsys_feature_fetch_seconds_count" in text
     assert 'mlsys_candidates_total{outcome="unknown"}' in text
-    assert 'mlsys_model_info{domain="recommender",version=' in text
+    assert 'mlsys_model_info{model="ranknet",version="ranknet/' in text
 
 
 def test_request_id_is_echoed_and_logged(client: TestClient) -> None:

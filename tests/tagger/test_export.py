@@ -11,7 +11,7 @@ import torch
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from mlsys.tagger.api import routes
+from mlsys.tagger.api import live_tagger, routes
 from mlsys.tagger.export import export_onnx, quantize_int8
 from mlsys.tagger.inference import TaggerModel, make_session
 from mlsys.tagger.model import ExportWrapper, GarmentTagger
@@ -84,7 +84,7 @@ def test_preprocessing_parity_file_bytes_and_api(tagger_model: Path, garments_ti
     from_bytes = model.prepare(decode_image(data.image_bytes(uuid)))
     np.testing.assert_array_equal(from_file, from_bytes)
     expected = model.run(from_file[None])
-    with TestClient(Starlette(routes=routes(TaggerModel(tagger_model)))) as client:
+    with TestClient(Starlette(routes=routes(live_tagger(str(tagger_model))))) as client:
         body = client.post("/tag", content=data.image_bytes(uuid)).json()
     top = body["categories"][0]
     assert top["category"] == model.categories[int(expected.category[0].argmax())]

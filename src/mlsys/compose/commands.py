@@ -26,7 +26,12 @@ def _demo(args: argparse.Namespace) -> int:
 def _add_serving_commands(verbs: Verbs) -> None:
     """`mlsys serve` (server.py) and `mlsys loadtest` (loadtest.py)."""
     p = verbs.add_verb("serve", _serve)
-    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="model dir or model.pt")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL",
+        help="RankNet: a model dir, a model.pt, or models:/ranknet@champion (followed)",
+    )
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0", metavar="URL")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -34,8 +39,15 @@ def _add_serving_commands(verbs: Verbs) -> None:
     p.add_argument(
         "--tagger-model",
         default=None,
-        metavar="DIR",
-        help="also serve POST /tag from this garment-tagger model dir",
+        metavar="MODEL",
+        help="also serve POST /tag: a garment-tagger dir or models:/garment-tagger@champion",
+    )
+    p.add_argument(
+        "--model-refresh",
+        type=float,
+        default=Settings.model_refresh_s,
+        metavar="SECONDS",
+        help="how often each worker re-resolves a models:/ alias (default %(default)s)",
     )
     p.add_argument(
         "--redis-timeout",
@@ -97,28 +109,28 @@ def _add_serving_commands(verbs: Verbs) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     import os
-    from pathlib import Path
 
     from mlsys.compose.app import FACTORY
-    from mlsys.errors import MlsysError
     from mlsys.platform.server import serve
 
-    model = Path(args.model)
-    if not (model / "model.pt").is_file() and not model.is_file():
-        raise MlsysError(f"{model}: no model.pt there (train one with `mlsys train ranknet`)")
-    if args.tagger_model and not Path(args.tagger_model).exists():
-        raise MlsysError(f"--tagger-model {args.tagger_model}: does not exist")
+    model = _model_source(args.model, "model.pt", "train one with `mlsys train ranknet`")
+    tagger = (
+        None
+        if args.tagger_model is None
+        else _model_source(args.tagger_model, "tagger.json", "train one with `mlsys train tagger`")
+    )
     settings = Settings(
-        model_dir=str(model.resolve()),
+        model_dir=model,
         redis_url=args.redis,
         redis_timeout_s=args.redis_timeout,
         max_body_bytes=args.max_body_bytes,
         admin_token=os.environ.get("MLSYS_ADMIN_TOKEN") or None,
-        tagger_model_dir=args.tagger_model,
+        tagger_model_dir=tagger,
         log_requests=not args.no_access_log,
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
         max_connections=args.max_connections,
+        model_refresh_s=args.model_refresh,
     )
     workers = args.workers or os.cpu_count() or 1
     print(
@@ -135,6 +147,28 @@ def _serve(args: argparse.Namespace) -> int:
         limit_concurrency=args.limit_concurrency,
     )
     return 0
+
+
+def _model_source(source: str, marker: str, hint: str) -> str:
+    """A folder (absolute path), or a `models:/` URI resolved and fetched here, in the parent:
+    it opens the registry first (creating its schema if new, the one process that may) and
+    fails fast on a missing alias; the workers then only read, and find the files fetched."""
+    from pathlib import Path
+
+    from mlsys.errors import MlsysError
+    from mlsys.platform.registry import Registry, parse_model_uri
+
+    ref = parse_model_uri(source)
+    if ref is None:
+        path = Path(source)
+        if not (path / marker).is_file() and not (marker == "model.pt" and path.is_file()):
+            raise MlsysError(f"{path}: no {marker} there ({hint})")
+        return str(path.resolve())
+    registry = Registry()
+    info = registry.resolve(ref)
+    registry.download(info)
+    print(f"{ref} is {info.name} version {info.version}; following it", flush=True)
+    return source
 
 
 def _loadtest(args: argparse.Namespace) -> int:

@@ -63,9 +63,14 @@ CONNECTIONS_DROPPED = Counter(
 )
 MODEL_INFO = Gauge(
     "mlsys_model_info",
-    "1 for the model version each domain serves",
-    ("domain", "version"),
-    multiprocess_mode="max",
+    "1 for the version each worker serves (label pid: the worker), 0 once swapped out",
+    ("model", "version"),
+    multiprocess_mode="liveall",
+)
+MODEL_SWAPS = Counter(
+    "mlsys_model_swaps_total",
+    "Alias changes followed by a worker: ok (swapped in) or failed (old version kept)",
+    ("model", "outcome"),
 )
 
 

@@ -68,6 +68,8 @@ class Component:
     # Body limit for this component's routes (e.g. 10 MB for image uploads); None: the
     # server-wide `Settings.max_body_bytes`.
     max_body_bytes: int | None = None
+    # The model version this worker serves now ("ranknet/3"), shown by /readyz.
+    serving: Callable[[], str] | None = None
 
 
 class BodyTooLarge(Exception):
@@ -228,7 +230,9 @@ def create_app(settings: Settings, parts: list[Component]) -> Starlette:
                     problem = f"{type(exc).__name__}: {exc}"
                 checks[f"{part.name}.{name}"] = "ok" if problem is None else problem
         ready = bool(parts) and all(v == "ok" for v in checks.values())
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+        models = {p.name: p.serving() for p in parts if p.serving is not None}
+        body = {"ready": ready, "checks": checks, "models": models, "pid": os.getpid()}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
         body, content_type = render()

@@ -18,13 +18,16 @@ PREFIX = "MLSYS_"
 
 @dataclass(frozen=True)
 class Settings:
-    model_dir: str | None = None  # recommender model dir or bare model.pt; None: no /recommend
+    # recommender model: a folder, a bare model.pt, or models:/ranknet@champion (followed
+    # every model_refresh_s); None: no /recommend. The tagger's the same way.
+    model_dir: str | None = None
+    model_refresh_s: float = 5.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: float = 0.05  # connect and read timeout: Redis down -> 503 within ~this
     max_body_bytes: int = 1 << 20  # 10,000 candidate ids are ~120 KB of JSON
     max_candidates: int = 10_000
     admin_token: str | None = None  # None disables the admin feature-update endpoints
-    tagger_model_dir: str | None = None  # hook for the garment tagger's POST /tag
+    tagger_model_dir: str | None = None  # the garment tagger's POST /tag
     log_requests: bool = True  # one JSON line per request on stderr
     # Slow or idle clients (see protocol.py and server.RequestContext). Defaults: a request's
     # headers arrive in one packet, so 10 s is generous; 30 s carries a 10 MB photo at

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mlsys.platform.live_model import LiveModel
 from mlsys.platform.server import Component
 from mlsys.platform.settings import Settings
 from mlsys.platform.validation import (
@@ -46,7 +47,7 @@ from mlsys.recommender.features import (
     set_restaurant,
     set_user,
 )
-from mlsys.recommender.service import Query, load_model, rank
+from mlsys.recommender.service import Query, load_model, probe, rank
 
 INT64_MAX = (1 << 63) - 1
 _USER_ID = re.compile(r"u?([0-9]{1,19})")
@@ -122,12 +123,18 @@ def component(settings: Settings) -> Component:
         CANDIDATES,
         FEATURE_FETCH,
         FEATURE_UPDATES,
-        MODEL_INFO,
     )
 
     assert settings.model_dir is not None
-    model = load_model(settings.model_dir)
-    MODEL_INFO.labels("recommender", model.version).set(1)
+    live = LiveModel(
+        settings.model_dir,
+        load_model,
+        kind="ranknet",
+        probe=probe,
+        refresh_s=settings.model_refresh_s,
+        label_of_folder=lambda m: m.version,
+    )
+    live.start()
     client = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
     store = OnlineStore(client)
     redis_errors = (redis.ConnectionError, redis.TimeoutError, FeatureStoreError)
@@ -149,7 +156,8 @@ def component(settings: Settings) -> Component:
         if rows.user is None:
             body = {"error": "unknown_user", "user_id": user_id, "message": "user not found"}
             return JSONResponse(body, status_code=404)
-        ranking = rank(query, rows, model.scorer)
+        served = live.current  # read once: one request, one model version
+        ranking = rank(query, rows, served.model.scorer)
         CANDIDATES.labels("requested").inc(ranking.candidates)
         CANDIDATES.labels("unknown").inc(ranking.unknown)
         CANDIDATES.labels("too_far").inc(ranking.too_far)
@@ -160,11 +168,12 @@ def component(settings: Settings) -> Component:
             too_far=ranking.too_far,
             returned=len(ranking.ids),
             namespace=rows.namespace,
+            model=served.label,
         )
         return Response(
             ranking.to_json(),
             media_type="application/json",
-            headers={"x-unknown-candidates": str(ranking.unknown)},
+            headers={"x-unknown-candidates": str(ranking.unknown), "x-model-version": served.label},
         )
 
     def authorized(request: Request) -> Response | None:
@@ -246,6 +255,7 @@ def component(settings: Settings) -> Component:
         return None
 
     def close() -> None:
+        live.stop()
         client.connection_pool.disconnect()
 
     return Component(
@@ -265,4 +275,5 @@ def component(settings: Settings) -> Component:
             "features": features_check,
         },
         close=close,
+        serving=lambda: live.current.label,
     )

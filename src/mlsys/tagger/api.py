@@ -33,10 +33,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from mlsys.platform.live_model import LiveModel
 from mlsys.platform.server import Component
 from mlsys.platform.settings import Settings
 from mlsys.platform.validation import InvalidRequest, error_response, invalid
-from mlsys.tagger.inference import TaggerModel
+from mlsys.tagger.inference import TaggerModel, probe
 from mlsys.tagger.preprocess import (
     CorruptImageError,
     ImageShapeError,
@@ -139,27 +140,22 @@ class TagEndpoint:
 
     def __init__(
         self,
-        model: TaggerModel,
+        live: LiveModel[TaggerModel],
         max_body_bytes: int = MAX_BODY_BYTES,
         max_pixels: int = MAX_PIXELS,
         *,
         concurrency: int = 1,
         max_in_flight: int = 8,
     ) -> None:
-        self.model = model
+        self.live = live
         self.max_body = max_body_bytes
         self.max_pixels = max_pixels
         self.concurrency = concurrency
         self.max_in_flight = max_in_flight
         self.in_flight = 0
-        # A JPEG may decode at a reduced scale only while both sides stay >= min_side: at
-        # least twice the model's input (enough for its resize) and 1,024 px, so any image
-        # whose short side is under 2,048 px, the training images included, decodes exactly
-        # as training and `mlsys predict` decode it; a 40 MP photo decodes at 1/4 scale.
-        self.min_side = max(MIN_DECODE_SIDE, 2 * model.config.size)
         self._limiter: anyio.CapacityLimiter | None = None  # made on the worker's event loop
 
-    def _tag(self, content_type: str, body: bytes) -> dict[str, Any]:
+    def _tag(self, model: TaggerModel, content_type: str, body: bytes) -> dict[str, Any]:
         data = body
         if content_type.lower().startswith("multipart/"):
             data = image_from_multipart(content_type, body)
@@ -167,9 +163,13 @@ class TagEndpoint:
             raise InvalidRequest(
                 "body", "send an image as the request body or as multipart field 'file'", 400
             )
-        img = decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side)
-        probs = self.model.predict_images([img])
-        return self.model.describe(probs)
+        # A JPEG may decode at a reduced scale only while both sides stay >= min_side: at
+        # least twice the model's input (enough for its resize) and 1,024 px, so any image
+        # whose short side is under 2,048 px, the training images included, decodes exactly
+        # as training and `mlsys predict` decode it; a 40 MP photo decodes at 1/4 scale.
+        min_side = max(MIN_DECODE_SIDE, 2 * model.config.size)
+        img = decode_image(data, max_pixels=self.max_pixels, min_side=min_side)
+        return model.describe(model.predict_images([img]))
 
     async def handle(self, request: Request) -> Response:
         if self.in_flight >= self.max_in_flight:
@@ -197,9 +197,10 @@ class TagEndpoint:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.concurrency)
         content_type = request.headers.get("content-type", "")
+        served = self.live.current  # read once: one request, one model version
         try:
             result = await anyio.to_thread.run_sync(
-                self._tag, content_type, body, limiter=self._limiter
+                self._tag, served.model, content_type, body, limiter=self._limiter
             )
         except InvalidRequest as exc:
             return invalid(exc)
@@ -211,26 +212,37 @@ class TagEndpoint:
             return error_response(422, "unsupported_dimensions", "image", str(exc))
         except CorruptImageError as exc:
             return error_response(422, "corrupt_image", "image", str(exc))
-        return JSONResponse(result)
+        return JSONResponse(result, headers={"x-model-version": served.label})
 
 
-def routes(model: TaggerModel) -> list[BaseRoute]:
+def routes(live: LiveModel[TaggerModel]) -> list[BaseRoute]:
     """The tagger's routes, for any Starlette app (the platform server, tests)."""
-    return [Route("/tag", TagEndpoint(model).handle, methods=["POST"])]
+    return [Route("/tag", TagEndpoint(live).handle, methods=["POST"])]
+
+
+def live_tagger(source: str, refresh_s: float = 5.0) -> LiveModel[TaggerModel]:
+    """The tagger a worker serves: a folder, or a registry alias it follows."""
+    return LiveModel(
+        source,
+        lambda folder: TaggerModel(folder, threads=1),
+        kind="garment-tagger",
+        probe=probe,
+        refresh_s=refresh_s,
+        label_of_folder=lambda m: m.version,
+    )
 
 
 def component(settings: Settings) -> Component:
     """The platform server's hook (`Settings.tagger_model_dir`): POST /tag with its own 10 MB
     body limit (the server-wide default is sized for JSON)."""
     assert settings.tagger_model_dir is not None
-    model = TaggerModel(settings.tagger_model_dir, threads=1)
-
-    def model_loaded() -> str | None:
-        return None if model.session is not None else "tagger model not loaded"
-
+    live = live_tagger(settings.tagger_model_dir, settings.model_refresh_s)
+    live.start()
     return Component(
         name="tagger",
-        routes=routes(model),
-        checks={"model": model_loaded},
+        routes=routes(live),
+        checks={"model": lambda: None},  # live_tagger raised if it could not load
         max_body_bytes=MAX_BODY_BYTES,
+        close=live.stop,
+        serving=lambda: live.current.label,
     )
