@@ -10,6 +10,8 @@ Everything else is here, once for all domains:
   healthy worker killed);
 - GET /readyz: every component's checks pass (Redis reachable, model loaded, features loaded);
 - GET /metrics: Prometheus text, merged over workers (see `monitoring`);
+- GET /openapi.json: the OpenAPI 3.1 document of every route, from the models that validate
+  them (`openapi.py`);
 - 404 and 405 in the same JSON error shape as every other error;
 - a pure-ASGI middleware that gives each request an id (X-Request-ID, echoed back), rejects
   bodies over the limit with 413 before they are buffered (`Settings.max_body_bytes`, 1 MiB,
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -49,6 +52,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mlsys.platform.openapi import Operation, document
 from mlsys.platform.settings import Settings
 
 log = logging.getLogger("mlsys.server")
@@ -70,6 +74,30 @@ class Component:
     max_body_bytes: int | None = None
     # The model version this worker serves now ("ranknet/3"), shown by /readyz.
     serving: Callable[[], str] | None = None
+    # What /openapi.json says of the routes, from the models that validate them.
+    operations: list[Operation] = field(default_factory=list)
+
+
+class Alive(BaseModel):
+    status: str
+    pid: int
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, str] = Field(description="component.check -> ok, or what is wrong")
+    models: dict[str, str] = Field(description="component -> the version this worker serves")
+    pid: int
+
+
+OPERATIONS = [
+    Operation("/healthz", "GET", "The process is alive (no dependency checked)", response=Alive),
+    Operation("/readyz", "GET", "Every component's checks pass", response=Readiness, errors=(503,)),
+    Operation(
+        "/metrics", "GET", "Prometheus text, merged over workers", response_media="text/plain"
+    ),
+    Operation("/openapi.json", "GET", "This document", response_media="application/json"),
+]
 
 
 class BodyTooLarge(Exception):
@@ -238,10 +266,18 @@ def create_app(settings: Settings, parts: list[Component]) -> Starlette:
         body, content_type = render()
         return Response(body, media_type=content_type)
 
+    spec = document(
+        "mlsys", _package_version(), [*OPERATIONS, *(op for p in parts for op in p.operations)]
+    )
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(spec)
+
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
     for part in parts:
         routes.extend(part.routes)
@@ -280,6 +316,12 @@ def create_app(settings: Settings, parts: list[Component]) -> Starlette:
         body_timeout_s=settings.body_timeout_s,
     )
     return app
+
+
+def _package_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("mlsys")
 
 
 def serve(

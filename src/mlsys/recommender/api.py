@@ -21,24 +21,28 @@ import hmac
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated
 
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mlsys.platform.live_model import LiveModel
+from mlsys.platform.openapi import Operation, Param
 from mlsys.platform.server import Component
 from mlsys.platform.settings import Settings
 from mlsys.platform.validation import (
+    INTEGRAL_ITEMS,
     InvalidRequest,
+    JsonInt,
     error_response,
     invalid,
-    number,
-    parse_json_object,
+    parse_body,
 )
 from mlsys.recommender.features import (
     FeatureStoreError,
+    IncompleteEntity,
     InvalidFeatures,
     OnlineStore,
     UnknownEntity,
@@ -47,10 +51,16 @@ from mlsys.recommender.features import (
     set_restaurant,
     set_user,
 )
+from mlsys.recommender.model import RESTAURANT_FEATURES, USER_FEATURES
 from mlsys.recommender.service import Query, load_model, probe, rank
+from mlsys.recommender.values import FLOAT32_MAX
 
 INT64_MAX = (1 << 63) - 1
-_USER_ID = re.compile(r"u?([0-9]{1,19})")
+MAX_CANDIDATES = 10_000
+# An entity id in a path: up to 18 digits, so always below int64's maximum; the same pattern
+# is what /openapi.json publishes.
+ID_PATTERN = r"u?([0-9]{1,18})"
+_ID = re.compile(ID_PATTERN)
 
 
 def parse_user_id(raw: str, field: str = "user_id") -> int:
@@ -59,51 +69,84 @@ def parse_user_id(raw: str, field: str = "user_id") -> int:
     `fullmatch`, not `match(...$)`: `$` also matches before a trailing newline, which made
     `/recommend/1140%0A` user 1140.
     """
-    m = _USER_ID.fullmatch(raw)
-    if m is None or int(m.group(1)) > INT64_MAX:
-        raise InvalidRequest(field, "must be an integer id like 123 or u000123")
+    m = _ID.fullmatch(raw)
+    if m is None:
+        raise InvalidRequest(field, "must be an integer id like 123 or u000123 (<= 18 digits)")
     return int(m.group(1))
 
 
-def parse_query(user_id: int, body: bytes, max_candidates: int) -> Query:
-    """Validate a /recommend body; the error names the first offending field."""
-    data = parse_json_object(body)
+Int64 = Annotated[StrictInt, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
+Float32 = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
 
-    ids = data.get("candidate_restaurant_ids")
-    if ids is None:
-        raise InvalidRequest("candidate_restaurant_ids", "is required")
-    if not isinstance(ids, list):
-        raise InvalidRequest("candidate_restaurant_ids", "must be a list of integer ids")
-    if len(ids) > max_candidates:
+
+class RecommendRequest(BaseModel):
+    """The body of POST /recommend/{user_id}: validates requests and is what /openapi.json
+    publishes. Strict: a string is not a number, a bool not an id."""
+
+    model_config = STRICT
+    candidate_restaurant_ids: Annotated[list[Int64], INTEGRAL_ITEMS] = Field(
+        max_length=MAX_CANDIDATES
+    )
+    latitude: float = Field(ge=-90, le=90, description="degrees, where the user is")
+    longitude: float = Field(ge=-180, le=180, description="degrees")
+    size: JsonInt = Field(default=20, ge=1, description="at most this many restaurants")
+    max_dist: float = Field(default=5000.0, ge=0, description="metres; farther ones are dropped")
+    sort_dist: StrictBool = Field(default=False, description="by distance, not by score")
+
+
+class Restaurant(BaseModel):
+    id: int
+    score: float = Field(description="click probability")
+    displacement: float = Field(description="metres from the user")
+
+
+class RecommendResponse(BaseModel):
+    restaurants: list[Restaurant]
+
+
+class UserUpdate(BaseModel):
+    """PUT /admin/features/users/{user_id}: all 30 features (float32 range)."""
+
+    model_config = STRICT
+    features: list[Float32] = Field(min_length=len(USER_FEATURES), max_length=len(USER_FEATURES))
+
+
+class RestaurantUpdate(BaseModel):
+    """PUT /admin/features/restaurants/{restaurant_id}: any of features and location; a new
+    restaurant (?create=true) needs all three."""
+
+    model_config = STRICT
+    features: list[Float32] | None = Field(
+        default=None, min_length=len(RESTAURANT_FEATURES), max_length=len(RESTAURANT_FEATURES)
+    )
+    latitude: float | None = Field(default=None, ge=-90, le=90)
+    longitude: float | None = Field(default=None, ge=-180, le=180)
+
+
+class Updated(BaseModel):
+    updated: str = Field(description="the Redis key written")
+
+
+def parse_query(user_id: int, body: bytes, max_candidates: int = MAX_CANDIDATES) -> Query:
+    """Validate a /recommend body; the error names the first offending field.
+
+    `max_candidates` may lower the published limit (Settings.max_candidates), never raise it.
+    """
+    req = parse_body(RecommendRequest, body)
+    if len(req.candidate_restaurant_ids) > max_candidates:
         raise InvalidRequest(
-            "candidate_restaurant_ids", f"has {len(ids)} ids, at most {max_candidates} allowed"
+            "candidate_restaurant_ids",
+            f"has {len(req.candidate_restaurant_ids)} ids, at most {max_candidates} allowed",
         )
-    # type() of each id via map: C-level, and bool (a subclass of int) is rejected.
-    if ids and set(map(type, ids)) != {int}:
-        raise InvalidRequest("candidate_restaurant_ids", "must contain only integers")
-    if ids and (min(ids) < -INT64_MAX - 1 or max(ids) > INT64_MAX):
-        raise InvalidRequest("candidate_restaurant_ids", "ids must fit in 64 bits")
-
-    latitude = number(data, "latitude", None, -90.0, 90.0)
-    longitude = number(data, "longitude", None, -180.0, 180.0)
-
-    size = data.get("size", 20)
-    if isinstance(size, bool) or not isinstance(size, int):
-        raise InvalidRequest("size", "must be an integer")
-    if size < 1:
-        raise InvalidRequest("size", "must be at least 1")
-    max_dist = number(data, "max_dist", 5000.0, low=0.0)
-    sort_dist = data.get("sort_dist", False)
-    if not isinstance(sort_dist, bool):
-        raise InvalidRequest("sort_dist", "must be true or false")
     return Query(
         user_id=user_id,
-        candidate_ids=ids,
-        latitude=latitude,
-        longitude=longitude,
-        size=size,
-        max_dist=max_dist,
-        sort_dist=sort_dist,
+        candidate_ids=req.candidate_restaurant_ids,
+        latitude=req.latitude,
+        longitude=req.longitude,
+        size=req.size,
+        max_dist=req.max_dist,
+        sort_dist=req.sort_dist,
     )
 
 
@@ -187,29 +230,19 @@ def component(settings: Settings) -> Component:
             return JSONResponse({"error": "unauthorized"}, status_code=401)
         return None
 
-    async def admin_body(request: Request) -> dict[str, Any]:
-        data = parse_json_object(await request.body())
-        features = data.get("features")
-        if features is not None and (
-            not isinstance(features, list)
-            or any(isinstance(v, bool) or not isinstance(v, int | float) for v in features)
-        ):
-            raise InvalidRequest("features", "must be a list of numbers")
-        return data
+    def set_user_from(user_id: int, body: bytes, create: bool) -> str:
+        update = parse_body(UserUpdate, body)
+        return set_user(client, user_id, update.features, create=create)
 
-    def set_user_from(user_id: int, data: dict[str, Any], create: bool) -> str:
-        if data.get("features") is None:
-            raise InvalidRequest("features", "is required")
-        return set_user(client, user_id, data["features"], create=create)
-
-    def set_restaurant_from(restaurant_id: int, data: dict[str, Any], create: bool) -> str:
-        lat = None if data.get("latitude") is None else number(data, "latitude", None, -90, 90)
-        lon = None if data.get("longitude") is None else number(data, "longitude", None, -180, 180)
-        features = data.get("features")
-        return set_restaurant(client, restaurant_id, features, lat, lon, create=create)
+    def set_restaurant_from(restaurant_id: int, body: bytes, create: bool) -> str:
+        update = parse_body(RestaurantUpdate, body)
+        return set_restaurant(
+            client, restaurant_id, update.features, update.latitude, update.longitude,
+            create=create,
+        )  # fmt: skip
 
     def admin_update(
-        entity: str, id_param: str, apply: Callable[[int, dict[str, Any], bool], str]
+        entity: str, id_param: str, apply: Callable[[int, bytes, bool], str]
     ) -> Callable[[Request], Awaitable[Response]]:
         """PUT handler for one entity kind: token, id, body, write, and the same error mapping.
 
@@ -226,9 +259,11 @@ def component(settings: Settings) -> Component:
                 create = request.query_params.get("create", "false")
                 if create not in ("true", "false"):
                     raise InvalidRequest("create", "must be true or false")
-                key = apply(entity_id, await admin_body(request), create == "true")
+                key = apply(entity_id, await request.body(), create == "true")
             except InvalidRequest as exc:
                 return invalid(exc)
+            except IncompleteEntity as exc:
+                return error_response(409, "incomplete_entity", exc.field, exc.message)
             except InvalidFeatures as exc:
                 return invalid(InvalidRequest(exc.field, exc.message))
             except UnknownEntity as exc:
@@ -276,4 +311,32 @@ def component(settings: Settings) -> Component:
         },
         close=close,
         serving=lambda: live.current.label,
+        operations=OPERATIONS,
     )
+
+
+_ID_SCHEMA = {"type": "string", "pattern": f"^{ID_PATTERN}$"}
+_CREATE = Param("create", "query", {"enum": ["true", "false"]},
+                "add the entity if the store does not hold it", required=False)  # fmt: skip
+OPERATIONS = [
+    Operation(
+        "/recommend/{user_id}", "POST", "Rank the candidates for a user",
+        request=RecommendRequest, response=RecommendResponse,
+        errors=(404, 408, 413, 422, 503),
+        params=[Param("user_id", "path", _ID_SCHEMA, "123 or u000123")],
+        headers={"X-Model-Version": "NAME/VERSION of the model that answered",
+                 "X-Unknown-Candidates": "candidates not in the store, skipped"},
+    ),
+    Operation(
+        "/admin/features/users/{user_id}", "PUT", "Overwrite a user's features",
+        request=UserUpdate, response=Updated, errors=(401, 404, 408, 413, 422, 503),
+        params=[Param("user_id", "path", _ID_SCHEMA), _CREATE],
+    ),
+    Operation(
+        "/admin/features/restaurants/{restaurant_id}", "PUT",
+        "Overwrite a restaurant's features and/or location",
+        request=RestaurantUpdate, response=Updated,
+        errors=(401, 404, 408, 409, 413, 422, 503),
+        params=[Param("restaurant_id", "path", _ID_SCHEMA), _CREATE],
+    ),
+]  # fmt: skip

@@ -71,6 +71,11 @@ class InvalidFeatures(MlsysError):
         self.message = message
 
 
+class IncompleteEntity(InvalidFeatures):
+    """Creating an entity with only some of its parts: valid input, but nothing to keep the
+    missing parts from (the API answers 409)."""
+
+
 class UnknownEntity(MlsysError):
     """An update names an entity the store does not hold and did not ask to create it."""
 
@@ -327,7 +332,7 @@ def set_restaurant(
                 f"restaurant {restaurant_id} is not in the store (create it explicitly)",
             )
         if old is None and (new_features is None or latitude is None or longitude is None):
-            raise InvalidFeatures(
+            raise IncompleteEntity(
                 "restaurant_id",
                 f"restaurant {restaurant_id} is new; creating it needs features, "
                 "latitude and longitude",

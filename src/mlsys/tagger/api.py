@@ -9,9 +9,10 @@ raw request body. Defences, in the order a request meets them:
   10 MB of memory (the Content-Length header is checked first when there is one);
 - a multipart body with more than `MAX_PARTS` parts, or malformed -> 400 naming `file`;
 - not an image (unknown format) -> 415;
-- over 40 megapixels, or more decoded memory than the pixel budget -> 413; a side over 20x
-  the other -> 422: all judged from the image header before any pixel is decoded
-  (`preprocess.decode_image`), so a decompression bomb never allocates its raster;
+- over 40 megapixels, or more decoded memory than the serving budget (96 MiB, estimated
+  from the header by mode) -> 413; a side over 20x the other -> 422: all judged from the
+  image header before any pixel is decoded (`preprocess.decode_image`), so a decompression
+  bomb never allocates its raster;
 - truncated or corrupt image -> 422.
 
 Everything CPU-bound, multipart parsing included, runs in a worker thread, at most
@@ -27,6 +28,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+from pydantic import BaseModel, Field
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
@@ -34,6 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from mlsys.platform.live_model import LiveModel
+from mlsys.platform.openapi import Operation
 from mlsys.platform.server import Component
 from mlsys.platform.settings import Settings
 from mlsys.platform.validation import InvalidRequest, error_response, invalid
@@ -50,6 +53,11 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 40_000_000
 MAX_PARTS = 8  # a photo upload has one file part, perhaps a few text fields
 MIN_DECODE_SIDE = 1024
+# What one image may take to decode in a worker, which already holds ~480 MiB (torch, both
+# models, ONNX Runtime): 96 MiB keeps its peak under 600 MiB (perf_test/hostile_bench.py).
+# A 12 MP RGB PNG fits; a 40 MP JPEG fits at its reduced scale. Offline tools keep
+# preprocess.MAX_DECODED_BYTES (192 MiB): they decode one image at a time.
+SERVING_DECODE_BYTES = 96 * 1024 * 1024
 
 
 class _BodyTooLarge(Exception):
@@ -168,7 +176,9 @@ class TagEndpoint:
         # whose short side is under 2,048 px, the training images included, decodes exactly
         # as training and `mlsys predict` decode it; a 40 MP photo decodes at 1/4 scale.
         min_side = max(MIN_DECODE_SIDE, 2 * model.config.size)
-        img = decode_image(data, max_pixels=self.max_pixels, min_side=min_side)
+        img = decode_image(
+            data, self.max_pixels, max_decoded_bytes=SERVING_DECODE_BYTES, min_side=min_side
+        )
         return model.describe(model.predict_images([img]))
 
     async def handle(self, request: Request) -> Response:
@@ -245,4 +255,41 @@ def component(settings: Settings) -> Component:
         max_body_bytes=MAX_BODY_BYTES,
         close=live.stop,
         serving=lambda: live.current.label,
+        operations=[OPERATION],
     )
+
+
+class CategoryScore(BaseModel):
+    category: str
+    probability: float
+
+
+class TagScore(BaseModel):
+    probability: float
+    present: bool = Field(description="probability >= threshold")
+    threshold: float
+
+
+class Colour(BaseModel):
+    color1: str
+    probability: float
+
+
+class TagResponse(BaseModel):
+    categories: list[CategoryScore] = Field(description="the two likeliest, likeliest first")
+    tags: dict[str, TagScore] = Field(description="polka dot, floral, checker")
+    colour: Colour
+    model_version: str
+
+
+_BINARY = {"type": "string", "format": "binary"}
+OPERATION = Operation(
+    "/tag", "POST", "Categories and pattern tags of one garment photo",
+    request_media={
+        **{media: _BINARY for media in ("image/jpeg", "image/png", "image/webp")},
+        "multipart/form-data": {"type": "object", "properties": {"file": _BINARY},
+                                "required": ["file"]},
+    },
+    response=TagResponse, errors=(400, 408, 413, 415, 422, 503),
+    headers={"X-Model-Version": "NAME/VERSION of the model that answered"},
+)  # fmt: skip
