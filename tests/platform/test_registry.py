@@ -70,7 +70,8 @@ def test_training_is_tracked_with_config_epochs_metrics_artifacts_and_versions(
     assert tags["mlsys.data_checksum"] == open_dataset(tiny_data).checksum
     assert tags["mlsys.code_version"] and tags["mlsys.lib.torch"].startswith("2.13.0")
     files = {f.path for f in mlflow.list_artifacts(run.info.run_id, "model")}
-    assert {"model/model.pt", "model/model.json", "model/metrics.json"} <= files
+    assert {"model/model.pt", "model/model.json", "model/metrics.json",
+            "model/evaluation.json", "model/reliability.png"} <= files  # fmt: skip
 
 
 def test_no_track_logs_nothing(store: Path, tiny_data: Path, tmp_path: Path) -> None:

@@ -177,12 +177,19 @@ def evaluate(
     model, meta = load_ranknet(model_path)
     dataset = open_dataset(data_dir)
     report = evaluate_model(model, dataset, limit_rows=limit_rows, progress=progress)
-    report["model"] = {"path": str(model_path), "version": meta["version"]}
+    path = Path(model_path)
+    out = Path(out_dir) if out_dir is not None else (path if path.is_dir() else path.parent)
+    return write_evaluation(report, meta, str(model_path), dataset, out)
+
+
+def write_evaluation(
+    report: dict[str, Any], meta: dict[str, Any], model_path: str, dataset: ClickDataset, out: Path
+) -> dict[str, Any]:
+    """evaluation.json and the reliability PNG in `out` (also what training writes)."""
+    report["model"] = {"path": model_path, "version": meta["version"]}
     report["data_checksum"] = dataset.checksum
     trained_on = meta.get("data_checksum")
     report["same_data_as_training"] = None if trained_on is None else trained_on == dataset.checksum
-    path = Path(model_path)
-    out = Path(out_dir) if out_dir is not None else (path if path.is_dir() else path.parent)
     out.mkdir(parents=True, exist_ok=True)
     plot_reliability(
         report, out / RELIABILITY_FILE, f"RankNet {meta['version']} on {split_name(dataset)}"

@@ -316,6 +316,7 @@ def train(
         )
 
     test: dict[str, float] = {}
+    report: dict[str, Any] | None = None
     if evaluate_test:
         from mlsys.recommender.evaluate import evaluate_model
 
@@ -324,7 +325,7 @@ def train(
         log(f"test: accuracy {test['accuracy']:.4f}  roc_auc {test['roc_auc']:.4f}")
     atomic_write_json(out / METRICS_FILE, _metrics_payload(config, history, test))
     final = history[-1]
-    save_ranknet(
+    meta = save_ranknet(
         model,
         out,
         data_checksum=dataset.checksum,
@@ -337,6 +338,10 @@ def train(
         },
     )
     log(f"wrote {out / 'model.pt'} and {out / 'model.json'}")
+    if report is not None:  # the same files `mlsys evaluate ranknet` writes
+        from mlsys.recommender.evaluate import write_evaluation
+
+        write_evaluation(report, meta, str(out), dataset, out)
     run.log_metrics({f"test_{k}": v for k, v in test.items()})
     run.log_artifacts(out, "model")
     return TrainResult(model, history, test)
