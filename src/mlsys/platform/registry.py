@@ -20,10 +20,13 @@ MLflow is imported lazily (`tracking.client`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -192,17 +195,27 @@ class Registry:
         return self.version(ref.name, target)
 
     def download(self, info: VersionInfo, cache: str | Path | None = None) -> Path:
-        """The version's files in a local folder (fetched once into `cache`)."""
+        """The version's files in a local folder, fetched once into the cache.
+
+        Workers fetch a new version at about the same time when an alias moves: each fetches
+        into a folder of its own and renames it into place, so nobody ever reads a half-copied
+        version (a rename onto an existing folder fails, and the loser's copy, identical,
+        is dropped).
+        """
         from mlflow.artifacts import download_artifacts
 
         root = Path(cache or os.environ.get("MLSYS_MODEL_CACHE") or Path.home() / ".cache/mlsys")
         dest = root / "models" / info.name / info.version
-        done = dest / ".complete"
-        if not done.exists():
-            dest.mkdir(parents=True, exist_ok=True)
-            fetched = Path(download_artifacts(artifact_uri=info.source, dst_path=str(dest)))
-            done.write_text(str(fetched))
-        return Path(done.read_text())
+        if not dest.is_dir():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{info.version}-", dir=dest.parent))
+            try:
+                download_artifacts(artifact_uri=info.source, dst_path=str(staging))
+                with contextlib.suppress(OSError):  # another process was first
+                    os.rename(staging, dest)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        return dest / Path(info.source.rstrip("/")).name
 
     # -------------------------------------------------------------- aliases
 
