@@ -46,8 +46,14 @@ def model_card(model_dir: str | Path) -> ModelCard:
 
 
 def probe(model_dir: Path) -> list[float]:
-    """The registry's probe for any model directory (dispatch by kind)."""
-    return model_card(model_dir).probe
+    """The registry's probe for any model directory (dispatch by kind; loads it once)."""
+    if model_kind(model_dir) == "garment-tagger":
+        from mlsys.tagger.inference import probe as tagger_probe
+
+        return tagger_probe(model_dir)
+    from mlsys.recommender.service import probe as ranknet_probe
+
+    return ranknet_probe(model_dir)
 
 
 def add_commands(verbs: Verbs) -> None:
