@@ -61,6 +61,8 @@ def test_the_document_covers_every_route_with_the_validating_models(app: Any) ->
         "title": "Latitude", "type": "number",
     }  # fmt: skip
     assert {"404", "413", "422", "503"} <= set(recommend["responses"])
+    not_ready = spec["paths"]["/readyz"]["get"]["responses"]["503"]["content"]
+    assert not_ready["application/json"]["schema"] == {"$ref": "#/components/schemas/Readiness"}
 
 
 def test_schemathesis_finds_no_5xx_and_no_answer_off_the_document(app: Any) -> None:

@@ -52,13 +52,15 @@ class Operation:
     request_media: dict[str, dict[str, Any]] = field(default_factory=dict)
     response: type[BaseModel] | None = None
     response_media: str = "application/json"
-    errors: Sequence[int] = ()
+    errors: Sequence[int] = ()  # answered with ErrorBody, unless `other` says otherwise
+    other: dict[int, type[BaseModel]] = field(default_factory=dict)  # status -> its body
     params: Sequence[Param] = ()
     headers: dict[str, str] = field(default_factory=dict)  # response header -> description
 
 
 def document(title: str, version: str, operations: Sequence[Operation]) -> dict[str, Any]:
     models = {m for op in operations for m in (op.request, op.response) if m is not None}
+    models.update(m for op in operations for m in op.other.values())
     models.add(ErrorBody)
     keyed = sorted(models, key=lambda m: m.__name__)
     refs, schemas = models_json_schema([(m, "validation") for m in keyed], ref_template=REF)
@@ -75,10 +77,10 @@ def document(title: str, version: str, operations: Sequence[Operation]) -> dict[
             ok["headers"] = {h: {"description": d, "schema": {"type": "string"}}
                              for h, d in op.headers.items()}  # fmt: skip
         responses["200"] = ok
-        for status in sorted(op.errors):
+        for status in sorted({*op.errors, *op.other}):
             responses[str(status)] = {
                 "description": STATUS_TEXT.get(status, "Error"),
-                "content": {"application/json": {"schema": ref[ErrorBody]}},
+                "content": {"application/json": {"schema": ref[op.other.get(status, ErrorBody)]}},
             }
         entry: dict[str, Any] = {"summary": op.summary, "responses": responses}
         if op.params:

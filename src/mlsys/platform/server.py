@@ -92,7 +92,13 @@ class Readiness(BaseModel):
 
 OPERATIONS = [
     Operation("/healthz", "GET", "The process is alive (no dependency checked)", response=Alive),
-    Operation("/readyz", "GET", "Every component's checks pass", response=Readiness, errors=(503,)),
+    Operation(
+        "/readyz",
+        "GET",
+        "Every component's checks pass",
+        response=Readiness,
+        other={503: Readiness},
+    ),
     Operation(
         "/metrics", "GET", "Prometheus text, merged over workers", response_media="text/plain"
     ),
