@@ -35,19 +35,26 @@ def _ranknet(out: Path, seed: int) -> Path:
 
 
 def test_a_server_follows_the_alias_between_requests_and_refuses_a_broken_version(
-    loaded_redis: Any, tmp_path: Path
+    loaded_redis: Any, tiny_data: Path, tmp_path: Path
 ) -> None:
+    """From a fresh store, the user's path: train -> register as champion -> serve by alias;
+    then the alias moves under traffic."""
+    from mlsys.cli import main
     from mlsys.compose.models import model_card, probe
     from mlsys.platform.registry import Registry
 
-    registry = Registry()
     name = "ranknet-hot-swap"
-    versions = []
-    for seed in (0, 1, 2):
-        folder = _ranknet(tmp_path / f"m{seed}", seed)
-        versions.append(registry.register(folder, name, model_card(folder)))
-    first, second, broken = versions
-    registry.set_alias(name, "champion", first, "start", probe)
+    trained = tmp_path / "trained"
+    assert main(["train", "ranknet", str(tiny_data), "--out", str(trained), "--epochs", "1",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert main(["models", "register", str(trained), "--name", name, "--alias", "champion"]) == 0
+    registry = Registry()
+    first = registry.alias_target(name, "champion")
+    assert first is not None
+    second, broken = (
+        registry.register(folder, name, model_card(folder))
+        for folder in (_ranknet(tmp_path / "m1", seed=1), _ranknet(tmp_path / "m2", seed=2))
+    )
 
     port = free_port()
     log = tmp_path / "api.log"
