@@ -215,13 +215,13 @@ def test_images_small_on_the_wire_but_huge_decoded_are_refused_and_memory_stays_
         answers = list(pool.map(lambda _: http.post("/tag", content=deep), range(4)))
     assert all(a.status_code == 413 and a.json()["error"] == "image_too_large" for a in answers)
 
-    # the largest photos accepted: a 40 MP JPEG (decoded at 1/4 scale), a 12 MP RGB PNG;
-    # a 24 MP RGB PNG is over the serving budget (96 MiB decoded)
+    # the largest photos accepted: a 40 MP JPEG (decoded at 1/4 scale), an 8 MP RGB PNG;
+    # a 12 MP RGB PNG is over the serving budget (64 MiB decoded)
     photo = _jpeg(7300, 5470)
     assert http.post("/tag", content=photo).status_code == 200
-    r = http.post("/tag", content=_png(4000, 3000, colour=2))
+    r = http.post("/tag", content=_png(3300, 2500, colour=2))
     assert r.status_code == 200, r.text
-    assert http.post("/tag", content=_png(6000, 4000, colour=2)).status_code == 413
+    assert http.post("/tag", content=_png(4000, 3000, colour=2)).status_code == 413
     assert worker_peak_rss_mib(api.proc) < RSS_BUDGET_MIB
 
 

@@ -9,7 +9,7 @@ raw request body. Defences, in the order a request meets them:
   10 MB of memory (the Content-Length header is checked first when there is one);
 - a multipart body with more than `MAX_PARTS` parts, or malformed -> 400 naming `file`;
 - not an image (unknown format) -> 415;
-- over 40 megapixels, or more decoded memory than the serving budget (96 MiB, estimated
+- over 40 megapixels, or more decoded memory than the serving budget (64 MiB, estimated
   from the header by mode) -> 413; a side over 20x the other -> 422: all judged from the
   image header before any pixel is decoded (`preprocess.decode_image`), so a decompression
   bomb never allocates its raster;
@@ -53,11 +53,12 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 40_000_000
 MAX_PARTS = 8  # a photo upload has one file part, perhaps a few text fields
 MIN_DECODE_SIDE = 1024
-# What one image may take to decode in a worker, which already holds ~480 MiB (torch, both
-# models, ONNX Runtime): 96 MiB keeps its peak under 600 MiB (perf_test/hostile_bench.py).
-# A 12 MP RGB PNG fits; a 40 MP JPEG fits at its reduced scale. Offline tools keep
+# What one image may take to decode in a worker, which already holds ~470-500 MiB (torch,
+# both models, ONNX Runtime): 64 MiB keeps its peak under 600 MB with a margin
+# (perf_test/hostile_bench.py; at 96 MiB a 12 MP PNG reached 572 MiB, 599.9 MB). An 8 MP RGB
+# PNG fits; a 40 MP JPEG fits at its reduced scale. Offline tools keep
 # preprocess.MAX_DECODED_BYTES (192 MiB): they decode one image at a time.
-SERVING_DECODE_BYTES = 96 * 1024 * 1024
+SERVING_DECODE_BYTES = 64 * 1024 * 1024
 
 
 class _BodyTooLarge(Exception):

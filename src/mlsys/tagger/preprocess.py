@@ -55,7 +55,9 @@ DEFAULT_SIZE = 224
 MAX_PIXELS = 40_000_000
 MAX_BYTES = 25 * 1024 * 1024
 MAX_ASPECT = 20.0
-# A 40-megapixel RGB JPEG at full scale (the largest accepted) is 40M x 4 bytes = 160 MB.
+# Offline tools (training, predict, evaluate) decode one image at a time: a 40-megapixel RGB
+# JPEG at full scale, 40M x 4 bytes = 160 MB, fits. The server passes its own, smaller budget
+# (tagger.api.SERVING_DECODE_BYTES).
 MAX_DECODED_BYTES = 192 * 1024 * 1024
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
