@@ -52,11 +52,11 @@ def _add_serving_commands(verbs: Verbs) -> None:
     p.add_argument(
         "--redis-timeout",
         type=float,
-        default=0.05,
+        default=Settings.redis_timeout_s,
         metavar="SECONDS",
         help="Redis connect/read timeout; past it a request gets 503",
     )
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--max-body-bytes", type=int, default=Settings.max_body_bytes)
     p.add_argument("--no-access-log", action="store_true", help="no JSON line per request")
     p.add_argument(
         "--header-timeout",
