@@ -28,6 +28,10 @@ VERBS: dict[str, str] = {
     "features": "manage the online feature store",
     "models": "manage the model registry (MLflow; $MLFLOW_TRACKING_URI)",
     "serve": "run the HTTP API",
+    "rollout": "split a model's traffic: shadow, canary, A/B, interleaving",
+    "simulate": "replay simulated users who click by the true rule",
+    "log": "export the impression and click log",
+    "experiment": "analyse an online experiment",
     "loadtest": "replay requests against a running API",
     "demo": "run the main job end to end on a small dataset",
 }
@@ -38,6 +42,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mlsys.tagger.commands",
     "mlsys.compose.commands",
     "mlsys.compose.models",
+    "mlsys.compose.experiments",
 )
 
 Handler = Callable[[argparse.Namespace], int | None]

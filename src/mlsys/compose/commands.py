@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from mlsys.platform.settings import Settings
+from mlsys.platform.settings import REDIS_HELP, Settings, redis_url_from_env
 
 if TYPE_CHECKING:
     from mlsys.cli import Verbs
@@ -32,7 +32,17 @@ def _add_serving_commands(verbs: Verbs) -> None:
         metavar="MODEL",
         help="RankNet: a model dir, a model.pt, or models:/ranknet@champion (followed)",
     )
-    p.add_argument("--redis", default="redis://127.0.0.1:6379/0", metavar="URL")
+    p.add_argument("--redis", default=redis_url_from_env(), metavar="URL", help=REDIS_HELP)
+    p.add_argument(
+        "--log-redis",
+        default=None,
+        metavar="URL",
+        help="the impression log's and rollout state's Redis (default: --redis; run it with "
+        "an append-only file)",
+    )
+    p.add_argument(
+        "--no-impressions", action="store_true", help="do not log impressions (no /feedback)"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
@@ -131,6 +141,8 @@ def _serve(args: argparse.Namespace) -> int:
         body_timeout_s=args.body_timeout,
         max_connections=args.max_connections,
         model_refresh_s=args.model_refresh,
+        log_redis_url=args.log_redis,
+        log_impressions=not args.no_impressions,
     )
     workers = args.workers or os.cpu_count() or 1
     print(

@@ -72,6 +72,38 @@ MODEL_SWAPS = Counter(
     "Alias changes followed by a worker: ok (swapped in) or failed (old version kept)",
     ("model", "outcome"),
 )
+ROLLOUT_REQUESTS = Counter(
+    "mlsys_rollout_requests_total",
+    "Answered requests by rollout mode (none when no rollout) and the arm that answered",
+    ("model", "mode", "arm"),
+)
+ROLLOUT_LATENCY = Histogram(
+    "mlsys_rollout_latency_seconds",
+    "Handler time of answered requests per arm (shadow work is not in it: see mlsys_shadow_*)",
+    ("model", "arm"),
+    buckets=LATENCY_BUCKETS,
+)
+SHADOW_LATENCY = Histogram(
+    "mlsys_shadow_seconds",
+    "Challenger scoring and logging in shadow mode, after the answer went out (mirrored "
+    "traffic, counted here and never in the request metrics)",
+    ("model",),
+    buckets=LATENCY_BUCKETS,
+)
+SHADOW_REQUESTS = Counter(
+    "mlsys_shadow_requests_total", "Shadow scorings by outcome: logged, failed", ("outcome",)
+)
+IMPRESSIONS = Counter(
+    "mlsys_impressions_total",
+    "Impressions appended to the log (logged), or lost because the log's Redis failed",
+    ("outcome",),
+)
+FEEDBACK = Counter(
+    "mlsys_feedback_total",
+    "POST /feedback by outcome: recorded, duplicate, unknown_request, not_in_response, "
+    "invalid, unavailable",
+    ("outcome",),
+)
 
 
 def render() -> tuple[bytes, str]:

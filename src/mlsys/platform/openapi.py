@@ -21,11 +21,13 @@ from mlsys.platform.validation import ErrorBody
 
 REF = "#/components/schemas/{model}"
 STATUS_TEXT = {
+    202: "Accepted",
     400: "Bad request (names the field)",
     401: "Missing or wrong admin token",
     404: "Not found",
     408: "The request body did not arrive in time",
-    409: "Conflicts with the stored state (e.g. creating an entity from only some parts)",
+    409: "Conflicts with the stored state (an entity created from only some parts, a click "
+    "recorded twice)",
     413: "Body or image too large",
     415: "Not an image",
     422: "Invalid field (names it)",
@@ -56,6 +58,7 @@ class Operation:
     other: dict[int, type[BaseModel]] = field(default_factory=dict)  # status -> its body
     params: Sequence[Param] = ()
     headers: dict[str, str] = field(default_factory=dict)  # response header -> description
+    status: int = 200  # of the success answer (e.g. 202 Accepted)
 
 
 def document(title: str, version: str, operations: Sequence[Operation]) -> dict[str, Any]:
@@ -68,7 +71,7 @@ def document(title: str, version: str, operations: Sequence[Operation]) -> dict[
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
         responses: dict[str, Any] = {}
-        ok: dict[str, Any] = {"description": "OK"}
+        ok: dict[str, Any] = {"description": STATUS_TEXT.get(op.status, "OK")}
         if op.response is not None:
             ok["content"] = {op.response_media: {"schema": ref[op.response]}}
         elif op.response_media != "application/json":
@@ -76,7 +79,7 @@ def document(title: str, version: str, operations: Sequence[Operation]) -> dict[
         if op.headers:
             ok["headers"] = {h: {"description": d, "schema": {"type": "string"}}
                              for h, d in op.headers.items()}  # fmt: skip
-        responses["200"] = ok
+        responses[str(op.status)] = ok
         for status in sorted({*op.errors, *op.other}):
             responses[str(status)] = {
                 "description": STATUS_TEXT.get(status, "Error"),

@@ -21,6 +21,7 @@ MLflow is imported lazily (`tracking.client`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -205,7 +206,10 @@ class Registry:
         from mlflow.artifacts import download_artifacts
 
         root = Path(cache or os.environ.get("MLSYS_MODEL_CACHE") or Path.home() / ".cache/mlsys")
-        dest = root / "models" / info.name / info.version
+        # Keyed by the artifact location too: version 1 of `ranknet` in another registry (a
+        # test's, a colleague's) is another model, and must not be served from this cache.
+        where = hashlib.sha256(info.source.encode()).hexdigest()[:12]
+        dest = root / "models" / info.name / f"{info.version}-{where}"
         if not dest.is_dir():
             dest.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{info.version}-", dir=dest.parent))

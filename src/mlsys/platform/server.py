@@ -162,14 +162,18 @@ class RequestContext:
         started_response = False
         max_body = self.limit_for(scope["path"])
 
+        answered: float | None = None  # when the last body byte went out
+
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, started_response
+            nonlocal status, started_response, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started_response = True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = time.perf_counter()
 
         received = 0
         body_done = False
@@ -224,7 +228,8 @@ class RequestContext:
                 body = {"error": "internal_error", "request_id": request_id}
                 await JSONResponse(body, status_code=500)(scope, receive, send_wrapper)
         finally:
-            elapsed = time.perf_counter() - started
+            # Up to the answer, not the background work after it (shadow scoring).
+            elapsed = (answered or time.perf_counter()) - started
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             REQUEST_LATENCY.labels(endpoint, scope["method"], str(status)).observe(elapsed)

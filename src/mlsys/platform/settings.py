@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from mlsys.errors import MlsysError
 
 PREFIX = "MLSYS_"
+REDIS_HELP = "the feature store (default: $MLSYS_REDIS_URL, else redis://127.0.0.1:6379/0)"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,15 @@ class Settings:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 1000
+    # The impression and click log (event_log.py) and the rollout state (rollout.py) live in
+    # this Redis, run with an append-only file; None: the feature store's. A stream keeps at
+    # most log_max_len entries (~0.5 KB each) until exported; a click counts when it comes
+    # within feedback_window_s of its impression.
+    log_redis_url: str | None = None
+    log_impressions: bool = True
+    log_max_len: int = 1_000_000
+    feedback_window_s: int = 600
+    rollout_refresh_s: float = 1.0
 
     def to_env(self) -> dict[str, str]:
         """The variables `from_env` reads back; None values are left out."""
@@ -69,3 +79,14 @@ class Settings:
             except ValueError as exc:
                 raise MlsysError(f"{PREFIX}{f.name.upper()}={raw!r}: {exc}") from exc
         return cls(**values)  # type: ignore[arg-type]
+
+
+def redis_url_from_env() -> str:
+    """The default of every command's `--redis`: what the server's settings read."""
+    return os.environ.get(PREFIX + "REDIS_URL") or Settings.redis_url
+
+
+def log_redis_url_from_env() -> str:
+    """The default of `--redis` for commands on the log and rollout state (MLSYS_LOG_REDIS_URL,
+    else the feature store's, as the server falls back)."""
+    return os.environ.get(PREFIX + "LOG_REDIS_URL") or redis_url_from_env()

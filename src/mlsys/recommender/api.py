@@ -13,6 +13,12 @@ redis.asyncio would add per-request overhead without adding any CPU.
 Unknown candidate ids are skipped; their count is returned in the `X-Unknown-Candidates`
 header (the body stays exactly the spec's `{"restaurants": [...]}`), logged, and counted in
 /metrics.
+
+Online experiments (`platform/rollout.py`): when the model is served by registry alias, each
+worker follows the model name's rollout state. The arm that answered is in `X-Arm`
+(champion, challenger, interleaved), its version in `X-Model-Version`, the experiment in
+`X-Experiment`. Every 200 answer is logged as an impression before it is sent
+(`platform/event_log.py`); `POST /feedback` records a click on one of its restaurants.
 """
 
 from __future__ import annotations
@@ -21,15 +27,28 @@ import hmac
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mlsys.platform.event_log import EventLog, Served
 from mlsys.platform.live_model import LiveModel
 from mlsys.platform.openapi import Operation, Param
+from mlsys.platform.registry import parse_model_uri
+from mlsys.platform.rollout import (
+    CHALLENGER,
+    CHAMPION,
+    INTERLEAVED,
+    RolloutFollower,
+    RolloutStore,
+    assign,
+    hash_id,
+    sampled,
+)
 from mlsys.platform.server import Component
 from mlsys.platform.settings import Settings
 from mlsys.platform.validation import (
@@ -51,8 +70,9 @@ from mlsys.recommender.features import (
     set_restaurant,
     set_user,
 )
+from mlsys.recommender.impressions import impression, interleave
 from mlsys.recommender.model import RESTAURANT_FEATURES, USER_FEATURES
-from mlsys.recommender.service import Query, load_model, probe, rank
+from mlsys.recommender.service import Model, Query, load_model, probe, rank
 from mlsys.recommender.values import FLOAT32_MAX
 
 INT64_MAX = (1 << 63) - 1
@@ -124,6 +144,24 @@ class RestaurantUpdate(BaseModel):
     longitude: float | None = Field(default=None, ge=-180, le=180)
 
 
+REQUEST_ID_PATTERN = r"[A-Za-z0-9._:-]{1,64}"
+
+
+class Feedback(BaseModel):
+    """POST /feedback: the user clicked `restaurant_id` in the answer to `request_id` (the
+    X-Request-ID of that /recommend response)."""
+
+    model_config = STRICT
+    request_id: str = Field(pattern=f"^{REQUEST_ID_PATTERN}$")
+    restaurant_id: Int64
+
+
+class FeedbackRecorded(BaseModel):
+    recorded: bool
+    position: int = Field(description="1-based position of the restaurant in that answer")
+    credited: str = Field(description="the arm the click counts for: champion or challenger")
+
+
 class Updated(BaseModel):
     updated: str = Field(description="the Redis key written")
 
@@ -166,6 +204,12 @@ def component(settings: Settings) -> Component:
         CANDIDATES,
         FEATURE_FETCH,
         FEATURE_UPDATES,
+        FEEDBACK,
+        IMPRESSIONS,
+        ROLLOUT_LATENCY,
+        ROLLOUT_REQUESTS,
+        SHADOW_LATENCY,
+        SHADOW_REQUESTS,
     )
 
     assert settings.model_dir is not None
@@ -181,6 +225,14 @@ def component(settings: Settings) -> Component:
     client = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
     store = OnlineStore(client)
     redis_errors = (redis.ConnectionError, redis.TimeoutError, FeatureStoreError)
+    log_client = (
+        client
+        if settings.log_redis_url in (None, settings.redis_url)
+        else connect(settings.log_redis_url, timeout_s=settings.redis_timeout_s)
+    )
+    events = EventLog(log_client, settings.log_max_len, settings.feedback_window_s)
+    rollout = _follow_rollout(settings, log_client)
+    model_name = live.ref.name if live.ref is not None else "ranknet"
 
     async def recommend(request: Request) -> Response:
         try:
@@ -199,8 +251,35 @@ def component(settings: Settings) -> Component:
         if rows.user is None:
             body = {"error": "unknown_user", "user_id": user_id, "message": "user not found"}
             return JSONResponse(body, status_code=404)
-        served = live.current  # read once: one request, one model version
-        ranking = rank(query, rows, served.model.scorer)
+        # Read once: one request, one model version per arm, one rollout state.
+        champion = live.current
+        active = rollout.current if rollout is not None else None
+        request_id: str = request.scope["state"]["request_id"]
+        arm, teams, label, background = CHAMPION, "", champion.label, None
+        experiment = mode = challenger_label = ""
+        if active is None:
+            ranking = rank(query, rows, champion.model.scorer)
+        else:
+            state, challenger = active.state, active.challenger.current
+            experiment, mode, challenger_label = state.experiment, state.mode, challenger.label
+            if mode == "interleave":
+                ranking, teams = interleave(
+                    rank(query, rows, champion.model.scorer),
+                    rank(query, rows, challenger.model.scorer),
+                    query.size,
+                    seed=hash_id(request_id),
+                )
+                arm, label = INTERLEAVED, f"{champion.label},{challenger.label}"
+            elif mode in ("canary", "ab") and assign(state, user_id) == CHALLENGER:
+                ranking = rank(query, rows, challenger.model.scorer)
+                arm, label = CHALLENGER, challenger.label
+            else:
+                ranking = rank(query, rows, champion.model.scorer)
+                if mode == "shadow" and sampled(state, request_id):
+                    background = BackgroundTask(
+                        shadow, request_id, query, rows, challenger.label, challenger.model,
+                        champion.label, experiment,
+                    )  # fmt: skip
         CANDIDATES.labels("requested").inc(ranking.candidates)
         CANDIDATES.labels("unknown").inc(ranking.unknown)
         CANDIDATES.labels("too_far").inc(ranking.too_far)
@@ -211,13 +290,80 @@ def component(settings: Settings) -> Component:
             too_far=ranking.too_far,
             returned=len(ranking.ids),
             namespace=rows.namespace,
-            model=served.label,
+            model=label,
+            arm=arm,
         )
+        if settings.log_impressions:
+            record = impression(
+                request_id, query, ranking, experiment=experiment, mode=mode, arm=arm,
+                model=label, champion=champion.label, challenger=challenger_label, teams=teams,
+                server_ms=(time.perf_counter() - started) * 1e3,
+            )  # fmt: skip
+            try:
+                events.impression(
+                    record,
+                    Served(request_id, user_id, arm, experiment, label, record["ids"], teams),
+                )
+                IMPRESSIONS.labels("logged").inc()
+            except redis_errors as exc:  # the answer matters more than its log line
+                IMPRESSIONS.labels("failed").inc()
+                log["log_error"] = f"{type(exc).__name__}: {exc}"
+        ROLLOUT_REQUESTS.labels(model_name, mode or "none", arm).inc()
+        ROLLOUT_LATENCY.labels(model_name, arm).observe(time.perf_counter() - started)
+        headers = {"x-unknown-candidates": str(ranking.unknown), "x-model-version": label,
+                   "x-arm": arm}  # fmt: skip
+        if experiment:
+            headers["x-experiment"] = experiment
         return Response(
-            ranking.to_json(),
-            media_type="application/json",
-            headers={"x-unknown-candidates": str(ranking.unknown), "x-model-version": served.label},
-        )
+            ranking.to_json(), media_type="application/json", headers=headers,
+            background=background,
+        )  # fmt: skip
+
+    async def shadow(
+        request_id: str, query: Query, rows: Any, label: str, model: Model, champion: str,
+        experiment: str,
+    ) -> None:  # fmt: skip
+        """The challenger's ranking of the same candidates, after the answer has gone out."""
+        began = time.perf_counter()
+        try:
+            ranking = rank(query, rows, model.scorer)
+            events.shadow(
+                {
+                    "request_id": request_id, "ts_ms": int(time.time() * 1000),
+                    "experiment": experiment, "model": label, "champion": champion,
+                    "ids": ranking.ids.tolist(),
+                    "scores": [round(x, 6) for x in ranking.scores.tolist()],
+                    "shadow_ms": round((time.perf_counter() - began) * 1e3, 3),
+                }
+            )  # fmt: skip
+            SHADOW_REQUESTS.labels("logged").inc()
+        except Exception:  # never the answer's problem: it has been sent
+            SHADOW_REQUESTS.labels("failed").inc()
+        SHADOW_LATENCY.labels(model_name).observe(time.perf_counter() - began)
+
+    async def feedback(request: Request) -> Response:
+        try:
+            click = parse_body(Feedback, await request.body())
+        except InvalidRequest as exc:
+            FEEDBACK.labels("invalid").inc()
+            return invalid(exc)
+        try:
+            outcome = events.click(click.request_id, click.restaurant_id)
+        except redis_errors as exc:
+            FEEDBACK.labels("unavailable").inc()
+            return _unavailable(exc)
+        if not isinstance(outcome, str):
+            FEEDBACK.labels("recorded").inc()
+            body = {"recorded": True, "position": outcome.position, "credited": outcome.credited}
+            return JSONResponse(body, status_code=202)
+        FEEDBACK.labels(outcome).inc()
+        status, field, message = {
+            "unknown_request": (404, "request_id", "no answer with this id within the "
+                                f"feedback window ({settings.feedback_window_s} s)"),
+            "not_in_response": (422, "restaurant_id", "was not in that answer"),
+            "duplicate": (409, "restaurant_id", "this click was already recorded"),
+        }[outcome]  # fmt: skip
+        return error_response(status, outcome, field, message)
 
     def authorized(request: Request) -> Response | None:
         if not settings.admin_token:
@@ -291,12 +437,24 @@ def component(settings: Settings) -> Component:
 
     def close() -> None:
         live.stop()
+        if rollout is not None:
+            rollout.stop()
         client.connection_pool.disconnect()
+        log_client.connection_pool.disconnect()
+
+    def serving() -> str:
+        active = rollout.current if rollout is not None else None
+        if active is None:
+            return live.current.label
+        state = active.state
+        return (f"{live.current.label} ({state.mode} {state.percent:g}% "
+                f"{active.challenger.current.label}, {state.experiment})")  # fmt: skip
 
     return Component(
         name="recommender",
         routes=[
             Route("/recommend/{user_id}", recommend, methods=["POST"]),
+            Route("/feedback", feedback, methods=["POST"]),
             Route("/admin/features/users/{user_id}", update_user, methods=["PUT"]),
             Route(
                 "/admin/features/restaurants/{restaurant_id}",
@@ -310,9 +468,35 @@ def component(settings: Settings) -> Component:
             "features": features_check,
         },
         close=close,
-        serving=lambda: live.current.label,
+        serving=serving,
         operations=OPERATIONS,
     )
+
+
+def _follow_rollout(
+    settings: Settings, log_client: Any
+) -> RolloutFollower[LiveModel[Model]] | None:
+    """Follow the model name's rollout state; only a model served by registry alias has one
+    (a challenger is another alias of the same name)."""
+    assert settings.model_dir is not None
+    ref = parse_model_uri(settings.model_dir)
+    if ref is None:
+        return None
+
+    def load_challenger(alias: str) -> LiveModel[Model]:
+        challenger = LiveModel(
+            f"models:/{ref.name}@{alias}", load_model, kind="ranknet", probe=probe,
+            refresh_s=settings.model_refresh_s,
+        )  # fmt: skip
+        challenger.start()
+        return challenger
+
+    follower = RolloutFollower(
+        RolloutStore(log_client), ref.name, load_challenger, lambda m: m.stop(),
+        refresh_s=settings.rollout_refresh_s,
+    )  # fmt: skip
+    follower.start()
+    return follower
 
 
 _ID_SCHEMA = {"type": "string", "pattern": f"^{ID_PATTERN}$"}
@@ -324,8 +508,16 @@ OPERATIONS = [
         request=RecommendRequest, response=RecommendResponse,
         errors=(404, 408, 413, 422, 503),
         params=[Param("user_id", "path", _ID_SCHEMA, "123 or u000123")],
-        headers={"X-Model-Version": "NAME/VERSION of the model that answered",
+        headers={"X-Model-Version": "NAME/VERSION of the model that answered (interleaving: "
+                                    "champion,challenger)",
+                 "X-Arm": "champion, challenger or interleaved",
+                 "X-Experiment": "the rollout experiment, when one runs",
                  "X-Unknown-Candidates": "candidates not in the store, skipped"},
+    ),
+    Operation(
+        "/feedback", "POST", "Record a click on a restaurant of an earlier answer",
+        request=Feedback, response=FeedbackRecorded, status=202,
+        errors=(404, 408, 409, 413, 422, 503),
     ),
     Operation(
         "/admin/features/users/{user_id}", "PUT", "Overwrite a user's features",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from mlsys.platform.settings import REDIS_HELP, redis_url_from_env
+
 if TYPE_CHECKING:
     from mlsys.cli import Verbs
 
@@ -105,14 +107,14 @@ def _add_feature_commands(verbs: Verbs) -> None:
     """`mlsys features load|set|info`: the online feature store in Redis (see features.py)."""
     p = verbs.add("features", "load", _features_load, "materialize the feature tables into Redis")
     p.add_argument("data_dir", metavar="DATA_DIR")
-    p.add_argument("--redis", required=True, metavar="URL", help="e.g. redis://127.0.0.1:6379/0")
+    p.add_argument("--redis", default=redis_url_from_env(), metavar="URL", help=REDIS_HELP)
     p.add_argument("--keep", type=int, default=1, help="namespaces kept after the switch")
     p.add_argument("--batch", type=int, default=10_000, help="keys per MSET")
 
     p = verbs.add("features", "set", _features_set, "update one user's or restaurant's features")
     p.add_argument("entity", choices=("user", "restaurant"))
     p.add_argument("entity_id", metavar="ID", type=int)
-    p.add_argument("--redis", required=True, metavar="URL")
+    p.add_argument("--redis", default=redis_url_from_env(), metavar="URL", help=REDIS_HELP)
     p.add_argument("--features", default=None, help="comma-separated values (30 or 10)")
     p.add_argument("--latitude", type=float, default=None, help="restaurants only")
     p.add_argument("--longitude", type=float, default=None, help="restaurants only")
@@ -123,7 +125,7 @@ def _add_feature_commands(verbs: Verbs) -> None:
     )
 
     p = verbs.add("features", "info", _features_info, "show the current namespace's metadata")
-    p.add_argument("--redis", required=True, metavar="URL")
+    p.add_argument("--redis", default=redis_url_from_env(), metavar="URL", help=REDIS_HELP)
 
 
 def _redis(url: str) -> object:
@@ -210,6 +212,13 @@ def _add_train_commands(verbs: Verbs) -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument(
+        "--lr",
+        type=float,
+        default=1e-8,
+        help="Adam's learning rate (default: the task's 1e-8, which binds its benchmark; a "
+        "retraining job may choose another, e.g. a challenger at 1e-3)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -244,6 +253,7 @@ def _train_ranknet(args: argparse.Namespace) -> int:
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
+        lr=args.lr,
         seed=args.seed,
         threads=args.threads,
         shuffle=not args.no_shuffle,

@@ -222,9 +222,10 @@ class ClickDataset:
             )
         return hashlib.sha256(payload.encode()).hexdigest()
 
-    def user_features(self) -> FloatMatrix:
-        """(n_users, 30) float32, row i = user i. Read column by column to bound memory."""
-        return self._matrix(self.users_path, USERS_SCHEMA, USER_FEATURES)
+    def user_features(self, first: int = len(USER_FEATURES)) -> FloatMatrix:
+        """(n_users, first) float32 (all 30 columns by default), row i = user i. Read column by
+        column to bound memory; the click rule needs only the first 10."""
+        return self._matrix(self.users_path, USERS_SCHEMA, USER_FEATURES[:first])
 
     def restaurant_features(self) -> FloatMatrix:
         """(n_restaurants, 10) float32, row i = restaurant i."""

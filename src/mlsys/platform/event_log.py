@@ -1,0 +1,294 @@
+"""The impression and click log: Redis Streams written by the API, exported to parquet once.
+
+Streams (each entry one field, `json`, holding the record):
+
+- `mlsys:log:impressions`: one entry per 200 answer, appended *before* the answer is sent, in
+  the same round trip (a MULTI pipeline) as the request's served-items hash. The hash
+  (`mlsys:served:REQUEST_ID`: item -> position, plus arm, experiment and teams; expires after
+  `feedback_window_s`) is what `POST /feedback` checks a click against;
+- `mlsys:log:clicks`: one entry per accepted click, appended by a Lua script that checks the
+  item was in that response and was not clicked before, and credits the arm (for interleaving,
+  the team that put the item there), atomically;
+- `mlsys:log:shadow`: the challenger's ranking in shadow mode, written after the answer has
+  gone out (so it never sits on the critical path) and joined to its impression by request id.
+
+Both sides of the "log, then answer" order were considered: logging after the answer loses the
+impressions of any request whose worker dies in between; logging first can at worst leave one
+impression whose answer never arrived, for a request the client saw fail (the measurement in
+docs/experiments-report.md counts both). Each stream is capped (`XADD MAXLEN ~`) so the log's
+memory is bounded even if nobody exports; the export trims what every consumer group has
+acknowledged.
+
+The log's Redis runs with an append-only file (`RedisServer(appendonly=True)`): see
+docs/experiments-report.md for what a crash loses.
+
+`export` reads each stream through a consumer group and writes parquet parts named by their
+last entry id, then acknowledges. Exactly once across restarts: a part is written to a temporary
+name and renamed, and only then acknowledged; a restarted export first re-reads its pending
+entries and acknowledges, without writing, those at or below the highest id already in a part.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("mlsys.event_log")
+
+STREAM_PREFIX = "mlsys:log:"
+IMPRESSIONS = "impressions"
+CLICKS = "clicks"
+SHADOW = "shadow"
+SERVED_PREFIX = "mlsys:served:"
+ERRORS_PREFIX = "mlsys:errors:"  # hash per experiment: arm -> failed requests
+EXPORT_GROUP = "export"
+EXPORT_CONSUMER = "exporter"
+PART_GLOB = "part-*.parquet"
+
+# KEYS: served hash, clicks stream. ARGV: request id, item id, time ms, stream cap.
+# Returns {position, credited arm}, or {-1} unknown request, {-2} item not in it, {-3} duplicate.
+_CLICK_SCRIPT = """
+local pos = redis.call('HGET', KEYS[1], 'i:' .. ARGV[2])
+if not pos then
+  if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
+  return {-2}
+end
+if redis.call('HSETNX', KEYS[1], 'c:' .. ARGV[2], '1') == 0 then return {-3} end
+local meta = redis.call('HMGET', KEYS[1], 'arm', 'experiment', 'teams', 'user_id', 'model')
+local credited = meta[1]
+local teams = meta[3]
+if teams and string.len(teams) > 0 then
+  local team = string.sub(teams, tonumber(pos), tonumber(pos))
+  if team == 'a' then credited = 'champion' else credited = 'challenger' end
+end
+local record = cjson.encode({request_id = ARGV[1], item_id = tonumber(ARGV[2]),
+  position = tonumber(pos), arm = meta[1], credited = credited, experiment = meta[2],
+  user_id = tonumber(meta[4]), model = meta[5], ts_ms = tonumber(ARGV[3])})
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'json', record)
+return {tonumber(pos), credited}
+"""
+
+CLICK_OUTCOMES = {-1: "unknown_request", -2: "not_in_response", -3: "duplicate"}
+
+
+def stream_key(name: str) -> str:
+    return STREAM_PREFIX + name
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a response showed, for the feedback check: items in order (position = index + 1),
+    and for interleaving which team put each there ("a": champion, "b": challenger)."""
+
+    request_id: str
+    user_id: int
+    arm: str
+    experiment: str
+    model: str
+    items: Sequence[int]
+    teams: str = ""
+
+
+@dataclass(frozen=True)
+class Click:
+    position: int  # 1-based, in the answer
+    credited: str  # the arm the click counts for (interleaving: the team that placed it)
+
+
+class EventLog:
+    """The API's side of the log: append impressions, clicks, shadow rankings and errors."""
+
+    def __init__(self, client: Any, max_len: int, feedback_window_s: int) -> None:
+        self.client = client
+        self.max_len = max_len
+        self.feedback_window_s = feedback_window_s
+        self._click = client.register_script(_CLICK_SCRIPT)
+
+    def impression(self, record: Mapping[str, Any], served: Served) -> None:
+        """One round trip: the impression entry and the served-items hash (with its expiry)."""
+        key = SERVED_PREFIX + served.request_id
+        mapping: dict[str, Any] = {f"i:{item}": pos for pos, item in enumerate(served.items, 1)}
+        mapping.update(
+            arm=served.arm, experiment=served.experiment, teams=served.teams,
+            user_id=served.user_id, model=served.model,
+        )  # fmt: skip
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(stream_key(IMPRESSIONS), {"json": _dumps(record)}, maxlen=self.max_len)
+        pipe.delete(key)  # a reused request id starts clean
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, self.feedback_window_s)
+        pipe.execute()
+
+    def click(self, request_id: str, item_id: int) -> Click | str:
+        """The recorded click, or why it was refused (a CLICK_OUTCOMES value)."""
+        result = self._click(
+            keys=[SERVED_PREFIX + request_id, stream_key(CLICKS)],
+            args=[request_id, item_id, int(time.time() * 1000), self.max_len],
+        )
+        position = int(result[0])
+        if position < 0:
+            return CLICK_OUTCOMES[position]
+        return Click(position, _text(result[1]))
+
+    def shadow(self, record: Mapping[str, Any]) -> None:
+        self.client.xadd(stream_key(SHADOW), {"json": _dumps(record)}, maxlen=self.max_len)
+
+    def error(self, experiment: str, arm: str) -> None:
+        """A request of an experiment's arm that failed (guardrail: error rate per arm)."""
+        self.client.hincrby(ERRORS_PREFIX + experiment, arm, 1)
+
+
+def _dumps(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"))
+
+
+def read_errors(client: Any, experiment: str) -> dict[str, int]:
+    raw = client.hgetall(ERRORS_PREFIX + experiment)
+    return {_text(k): int(v) for k, v in raw.items()}
+
+
+def read_stream(client: Any, name: str, count: int = 10_000) -> Iterator[dict[str, Any]]:
+    """Every record still in a stream, oldest first, without a consumer group (the report)."""
+    start = "-"
+    while True:
+        entries = client.xrange(stream_key(name), min=start, count=count)
+        for entry_id, fields in entries:
+            record = json.loads(fields[b"json"] if b"json" in fields else fields["json"])
+            record["stream_id"] = _text(entry_id)
+            yield record
+        if len(entries) < count:
+            return
+        start = "(" + _text(entries[-1][0])
+
+
+# ---- export -------------------------------------------------------------------------------
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _part_name(first: str, last: str) -> str:
+    """Zero-padded so that file names sort in entry order."""
+    (a, b), (c, d) = _id_key(first), _id_key(last)
+    return f"part-{a:015d}-{b:06d}-{c:015d}-{d:06d}.parquet"
+
+
+def watermark(folder: Path) -> tuple[int, int]:
+    """The highest entry id already written to a part in `folder` ((0, 0) when none)."""
+    best = (0, 0)
+    for part in folder.glob(PART_GLOB):
+        fields = part.stem.split("-")
+        best = max(best, (int(fields[3]), int(fields[4])))
+    return best
+
+
+def export(
+    client: Any,
+    out_dir: str | Path,
+    schemas: Mapping[str, Any],
+    batch: int = 50_000,
+    trim: bool = True,
+) -> dict[str, int]:
+    """Drain each stream in `schemas` (name -> pyarrow schema) into OUT_DIR/NAME/part-*.parquet
+    through the `export` consumer group; returns the rows written per stream."""
+    import redis
+
+    written: dict[str, int] = {}
+    for name, schema in schemas.items():
+        key = stream_key(name)
+        folder = Path(out_dir) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(".tmp-*"):
+            stale.unlink()  # a part interrupted before its rename: its entries are pending
+        try:
+            client.xgroup_create(key, EXPORT_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        done = watermark(folder)
+        rows = 0
+        for start in ("0", ">"):  # first what this exporter read but did not acknowledge
+            while True:
+                reply = client.xreadgroup(EXPORT_GROUP, EXPORT_CONSUMER, {key: start}, count=batch)
+                entries = reply[0][1] if reply else []
+                if not entries:
+                    break
+                ids = [_text(entry_id) for entry_id, _ in entries]
+                fresh = [(i, f) for i, (_, f) in zip(ids, entries, strict=True)
+                         if _id_key(i) > done]  # fmt: skip
+                if fresh:
+                    _write_part(folder, fresh, schema)
+                    rows += len(fresh)
+                    done = _id_key(fresh[-1][0])
+                client.xack(key, EXPORT_GROUP, *ids)
+                if len(entries) < batch:  # caught up (under load: up to about now)
+                    break
+        if trim:
+            _trim_acknowledged(client, key)
+        written[name] = rows
+    return written
+
+
+def _write_part(folder: Path, entries: list[tuple[str, Any]], schema: Any) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = []
+    for entry_id, fields in entries:
+        record = json.loads(fields.get(b"json") or fields.get("json"))
+        record["stream_id"] = entry_id
+        records.append(record)
+    table = pa.Table.from_pylist(records, schema=schema)
+    final = folder / _part_name(entries[0][0], entries[-1][0])
+    tmp = folder / f".tmp-{final.name}"
+    pq.write_table(table, tmp)
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _trim_acknowledged(client: Any, key: str) -> None:
+    """Drop the entries every consumer group has acknowledged: the oldest entry still pending
+    in a group, or after its last delivered one, is the new start."""
+    groups = client.xinfo_groups(key)
+    keep: list[tuple[int, int]] = []
+    for group in groups:
+        name = _text(group["name"])
+        pending = client.xpending(key, name)
+        if pending["pending"]:
+            keep.append(_id_key(_text(pending["min"])))
+        else:
+            ms, seq = _id_key(_text(group["last-delivered-id"]))
+            keep.append((ms, seq + 1))
+    if keep:
+        ms, seq = min(keep)
+        client.xtrim(key, minid=f"{ms}-{seq}", approximate=False)
+
+
+def read_parts(folder: str | Path) -> Any:
+    """An exported stream folder as one pyarrow table (empty folder: None)."""
+    import pyarrow.parquet as pq
+
+    parts = sorted(Path(folder).glob(PART_GLOB))
+    if not parts:
+        return None
+    import pyarrow as pa
+
+    return pa.concat_tables([pq.read_table(p) for p in parts])
