@@ -39,8 +39,8 @@ def test_a_click_counts_once_and_only_for_a_shown_item(log_redis: Any) -> None:
     assert log.click("nope", 11) == "unknown_request"
     assert log_redis.ttl(event_log.SERVED_PREFIX + "r1") > 0  # the served hash expires
     # interleaving: the click is credited to the team that placed the item
-    log.impression({"request_id": "r2", "n": 2},
-                   Served("r2", 7, "interleaved", "e", "m/1,m/2", [5, 6, 7], teams="bab"))  # fmt: skip
+    served = Served("r2", 7, "interleaved", "e", "m/1,m/2", [5, 6, 7], teams="bab")
+    log.impression({"request_id": "r2", "n": 2}, served)
     assert log.click("r2", 5) == Click(1, "challenger")
     assert log.click("r2", 6) == Click(2, "champion")
     assert log_redis.xlen(stream_key(event_log.CLICKS)) == 3

@@ -29,7 +29,9 @@ def _state(percent: float, experiment: str = "exp-1", mode: str = "ab") -> Rollo
 def test_a_bucket_is_the_same_in_every_process() -> None:
     """Workers are separate interpreters (Python's hash() is salted per process)."""
     here = [bucket("exp-1", u) for u in range(5)]
-    code = "from mlsys.platform.rollout import bucket; print([bucket('exp-1', u) for u in range(5)])"
+    code = (
+        "from mlsys.platform.rollout import bucket; print([bucket('exp-1', u) for u in range(5)])"
+    )
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert there.stdout.strip() == str(here)
     assert all(0 <= b < 10_000 for b in here)

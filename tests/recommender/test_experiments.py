@@ -152,7 +152,8 @@ def test_ab_reaches_every_worker_within_5_s_and_keeps_each_user_on_one_arm(
                  "--json"]) == 0  # fmt: skip
     report = json.loads(capsys.readouterr().out)
     arms = report["arms"]
-    assert arms["champion"]["impressions"] + arms["challenger"]["impressions"] == 1200 + 120 + applied
+    impressions = arms["champion"]["impressions"] + arms["challenger"]["impressions"]
+    assert impressions == 1200 + 120 + applied
     assert report["srm_p"] > 0.001 and report["users_in_both_arms"] == 0
     assert report["decision"] in ("challenger better", "challenger worse", "undecided")
     low, high = arms["challenger"]["ctr_interval"]
@@ -180,7 +181,7 @@ def test_interleaving_merges_both_rankings_and_credits_clicks_to_the_team(server
         assert r.headers["x-model-version"] == f"{NAME}/1,{NAME}/2"
         ids = [x["id"] for x in r.json()["restaurants"]]
         assert len(ids) == len(set(ids)) == 20
-        served = server.log.hgetall(f"mlsys:served:interleave-test-1")
+        served = server.log.hgetall("mlsys:served:interleave-test-1")
         teams = served[b"teams"].decode()
         assert len(teams) == 20 and set(teams) == {"a", "b"}
         for position in (1, 2, 3):
@@ -188,8 +189,8 @@ def test_interleaving_merges_both_rankings_and_credits_clicks_to_the_team(server
                                              "restaurant_id": ids[position - 1]})  # fmt: skip
             assert f.status_code == 202
             team = teams[position - 1]
-            assert f.json() == {"recorded": True, "position": position,
-                                "credited": "champion" if team == "a" else "challenger"}  # fmt: skip
+            credited = "champion" if team == "a" else "challenger"
+            assert f.json() == {"recorded": True, "position": position, "credited": credited}
 
 
 def test_shadow_answers_with_the_champion_and_logs_the_challenger(server: Server) -> None:
@@ -269,7 +270,7 @@ def test_exported_impressions_equal_the_200_answers_across_a_killed_worker(
         t.start()
     time.sleep(2)
     workers = psutil.Process(server.proc.pid).children(recursive=True)
-    victim = next(p for p in workers if "multiprocessing" in " ".join(p.cmdline()))
+    victim = next(p for p in workers if "spawn_main" in " ".join(p.cmdline()))
     os.kill(victim.pid, signal.SIGKILL)
     time.sleep(4)
     stop.set()

@@ -74,6 +74,9 @@ def add_commands(verbs: Verbs) -> None:
     p.add_argument("--log", default=None, metavar="DIR",
                    help="an export folder to read before the streams")  # fmt: skip
     p.add_argument("--redis", default=log_redis_url_from_env(), metavar="URL", help=LOG_REDIS_HELP)
+    p.add_argument("--n-opt", type=float, default=None, metavar="N",
+                   help="where the always-valid intervals are tightest (default by mode: "
+                   "2000 for A/B and canary, 200 for interleaving)")  # fmt: skip
     p.add_argument("--enforce", action="store_true",
                    help="stop the rollout when a guardrail fails")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -146,7 +149,8 @@ def _report(args: argparse.Namespace) -> int:
     client = _client(args.redis)
     state = RolloutStore(client).experiment(args.name, args.experiment)
     out = args.out or f"experiments/{state.experiment}"
-    result = report(client, args.name, out, experiment=state.experiment, log_dir=args.log)
+    result = report(client, args.name, out, experiment=state.experiment, log_dir=args.log,
+                    n_opt=args.n_opt)  # fmt: skip
     if args.enforce and result["decision"] == "stop: guardrail":
         RolloutStore(client).stop(args.name)
     if args.json:

@@ -32,6 +32,7 @@ class Stack:
     api: subprocess.Popen[bytes]
     load_meta: dict[str, Any]
     log_path: Path
+    log_redis: RedisServer | None = None  # the impression log's (append-only) Redis
 
 
 def wait_ready(
@@ -137,15 +138,21 @@ def running_stack(
     access_log: bool = True,
     progress: bool = True,
     extra_args: Sequence[str] = (),
+    log_redis: bool = False,
 ) -> Iterator[Stack]:
-    """Redis + `features load` + `mlsys serve` (`extra_args`: more of its options);
-    everything started is stopped on exit."""
+    """Redis + `features load` + `mlsys serve` (`extra_args`: more of its options), and with
+    `log_redis` a second, append-only Redis for the impression log; everything started is
+    stopped on exit."""
     from mlsys.recommender.features import connect, materialize
 
     work = Path(workdir)
     redis = RedisServer(workdir=work / "redis").start()
+    log: RedisServer | None = None
     api: subprocess.Popen[bytes] | None = None
     try:
+        if log_redis:
+            log = RedisServer(workdir=work / "log-redis", appendonly=True).start()
+            extra_args = [*extra_args, "--log-redis", log.url]
         meta = materialize(data_dir, connect(redis.url, timeout_s=30), progress=progress)
         port = port or free_port()
         log_path = work / "api.log"
@@ -156,10 +163,12 @@ def running_stack(
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, api)
         settle(api.pid)
-        yield Stack(api_url=url, redis=redis, api=api, load_meta=meta, log_path=log_path)
+        yield Stack(url, redis, api, meta, log_path, log)
     finally:
         if api is not None:
             stop_process(api)
+        if log is not None:
+            log.stop()
         redis.stop()
 
 
