@@ -14,13 +14,14 @@ cost to serving. One run, every figure side by side:
    `--ab-duration`; `mlsys experiment report`: the estimate with its always-valid interval
    and the requests it needed to decide;
 4. interleaving: the same for `--interleave-duration`;
-5. how many requests each method needs, over 50 reorderings of the logged requests (the
-   always-valid interval applied to each order: a stopping time per order, median and
-   quartiles), beside the single live run;
+5. how many requests each method needs: the first count at which its always-valid interval
+   excludes zero, over 200 streams resampled from the logged answers (median, quartiles),
+   beside the single live run;
 6. impressions against 200 answers, with one worker SIGKILLed mid-run (A/B mode);
 7. overhead, side by side: the API without the impression log and rollout (as before this
-   issue) and with logging plus shadow scoring of every request; each at 30 rps for 30 s, then
-   a sweep up the rates to the highest with p95 < 100 ms and no errors.
+   issue) and with logging plus shadow scoring of every request, alternated twice (A, B, A,
+   B); each at 30 rps for 30 s, then a sweep up the rates to the highest with p95 < 100 ms
+   and no errors.
 
 Writes perf_test/results/experiments.json and copies the reports and plots to --docs.
 """
@@ -51,7 +52,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=40.0, help="simulated requests/s")
     parser.add_argument("--ab-duration", type=float, default=150.0)
     parser.add_argument("--interleave-duration", type=float, default=30.0)
-    parser.add_argument("--sweep", default="200,300,400,500,600,700")
+    parser.add_argument("--sweep", default="250,300,350,400,450,500,550,600")
     parser.add_argument("--sweep-duration", type=float, default=15.0)
     parser.add_argument("--out", default="perf_test/results")
     parser.add_argument("--docs", default="docs/experiments")
@@ -131,38 +132,43 @@ def main() -> int:
         print("7. overhead: without the log vs with the log and shadow scoring", flush=True)
         overhead: dict[str, Any] = {}
         api = stack.api
-        for label, flags, mode in (
+        configs = (
             ("without log or rollout", ["--no-impressions"], None),
             ("log + shadow on every request", [], "shadow"),
-        ):
-            stop_process(api)
-            port = int(stack.api_url.rsplit(":", 1)[1])
-            api = start_api(
-                "models:/ranknet@champion", stack.redis.url, port=port,
-                workers=2, log_path=work / f"api-{len(overhead)}.log", access_log=False,
-                extra_args=["--log-redis", log_url, *flags],
-            )  # fmt: skip
-            wait_ready(stack.api_url, api)
-            if mode:
-                cli("rollout", mode, "ranknet", "--redis", log_url)
-            time.sleep(5)
-            _, at30 = run_once(stack.api_url, Path(args.data) / "requests.parquet", 30, 30)
-            steps = []
-            best = None
-            for rate in [float(r) for r in args.sweep.split(",")]:
-                _, step = run_once(stack.api_url, Path(args.data) / "requests.parquet", rate,
-                                   args.sweep_duration)  # fmt: skip
-                steps.append(step)
-                print(f"   {label}: {rate:g} rps p95 {step['p95_ms']} ms errors {step['errors']}",
+        )
+        for round_ in (1, 2):  # A, B, A, B: drift of the shared machine hits both alike
+            for label, flags, mode in configs:
+                stop_process(api)
+                port = int(stack.api_url.rsplit(":", 1)[1])
+                api = start_api(
+                    "models:/ranknet@champion", stack.redis.url, port=port,
+                    workers=2, log_path=work / f"api-{label[:4]}-{round_}.log", access_log=False,
+                    extra_args=["--log-redis", log_url, *flags],
+                )  # fmt: skip
+                wait_ready(stack.api_url, api)
+                if mode:
+                    cli("rollout", mode, "ranknet", "--redis", log_url)
+                time.sleep(5)
+                requests = Path(args.data) / "requests.parquet"
+                _, at30 = run_once(stack.api_url, requests, 30, 30)
+                steps = []
+                best = None
+                for rate in [float(r) for r in args.sweep.split(",")]:
+                    _, step = run_once(stack.api_url, requests, rate, args.sweep_duration)
+                    steps.append(step)
+                    print(f"   {label} #{round_}: {rate:g} rps p95 {step['p95_ms']} ms "
+                          f"errors {step['errors']}", flush=True)  # fmt: skip
+                    if not step["meets_spec"]:
+                        break
+                    best = rate
+                    time.sleep(1)
+                overhead.setdefault(label, []).append(
+                    {"at_30rps": at30, "best_rate": best, "steps": steps}
+                )
+                print(f"   {label} #{round_}: 30 rps p95 {at30['p95_ms']} ms; best {best} rps",
                       flush=True)  # fmt: skip
-                if not step["meets_spec"]:
-                    break
-                best = rate
-                time.sleep(1)
-            overhead[label] = {"at_30rps": at30, "best_rate": best, "steps": steps}
-            print(f"   {label}: 30 rps p95 {at30['p95_ms']} ms; best {best} rps", flush=True)
-            if mode:
-                cli("rollout", "stop", "ranknet", "--redis", log_url)
+                if mode:
+                    cli("rollout", "stop", "ranknet", "--redis", log_url)
         stop_process(api)
         results["overhead"] = overhead
 
@@ -214,50 +220,47 @@ def crash_loss(workdir: Path, fsync: str, seconds: float = 3.0) -> dict[str, Any
     return {"acknowledged": len(acked), "lost": lost, "appends_per_s": round(len(acked) / elapsed)}
 
 
-def stopping_times(client: Any, phases: dict[str, Any], orders: int = 50) -> dict[str, Any]:
-    """The request count at which each method's always-valid interval first excluded zero,
-    over random reorderings of the logged requests (one live run is one draw of it)."""
+def stopping_times(client: Any, phases: dict[str, Any], draws: int = 200) -> dict[str, Any]:
+    """How many requests each method needs: the count at which its always-valid interval first
+    excludes zero, over `draws` streams resampled (with replacement) from the logged answers'
+    outcomes, each as long as `limit` (the live run is one such stream, and too short for A/B
+    to decide in most orders). The per-answer outcomes are exactly those the report uses."""
     from mlsys.platform.event_log import CLICKS, IMPRESSIONS
     from mlsys.platform.online_stats import first_decision
-    from mlsys.recommender.experiment import N_OPT_BY_MODE, load_log
+    from mlsys.platform.rollout import RolloutStore
+    from mlsys.recommender.experiment import N_OPT_BY_MODE, analyse, load_log
 
     impressions = load_log(client, IMPRESSIONS, None)
     clicks = load_log(client, CLICKS, None)
+    store = RolloutStore(client)
     out: dict[str, Any] = {}
     rng = np.random.default_rng(0)
+    limits = {"ab": 100_000, "interleave": 10_000}
     for mode, phase in phases.items():
-        experiment = phase["report"]["experiment"]
-        rows = [r for r in impressions if r["experiment"] == experiment]
-        per: dict[str, dict[str, int]] = {}
-        for c in clicks:
-            if c["experiment"] == experiment:
-                counts = per.setdefault(c["request_id"], {})
-                counts[c["credited"]] = counts.get(c["credited"], 0) + 1
-        if mode == "ab":
-            values = np.asarray([sum(per.get(r["request_id"], {}).values()) for r in rows], float)
-            arm = np.asarray([r["arm"] == "challenger" for r in rows])
-        else:
-            values = np.asarray(
-                [np.sign(per.get(r["request_id"], {}).get("challenger", 0)
-                         - per.get(r["request_id"], {}).get("champion", 0)) for r in rows],
-                float,
-            )  # fmt: skip
-            arm = None
+        state = store.experiment("ranknet", phase["report"]["experiment"])
+        values, arm = analyse(state, impressions, clicks, [], {})["_series"]
         times = []
-        for _ in range(orders):
-            perm = rng.permutation(len(values))
-            t = first_decision(values[perm], None if arm is None else arm[perm],
+        for _ in range(draws):
+            pick = rng.integers(0, len(values), size=limits[mode])
+            t = first_decision(values[pick], None if arm is None else arm[pick],
                                n_opt=N_OPT_BY_MODE[mode])  # fmt: skip
-            times.append(t if t is not None else np.nan)
+            times.append(np.nan if t is None else t)
         arr = np.asarray(times, float)
-        decided = arr[np.isfinite(arr)]
+        undecided_last = np.where(np.isfinite(arr), arr, np.inf)  # not decided: > the limit
+
+        def pct(q: float, arr: Any = undecided_last) -> float | None:
+            v = float(np.percentile(arr, q, method="nearest"))
+            return v if np.isfinite(v) else None
+
         out[mode] = {
-            "logged": len(values),
-            "orders": orders,
-            "decided_in": len(decided),
-            "median": float(np.median(decided)) if len(decided) else None,
-            "q25": float(np.percentile(decided, 25)) if len(decided) else None,
-            "q75": float(np.percentile(decided, 75)) if len(decided) else None,
+            "answers_logged": len(values),
+            "draws": draws,
+            "stream_length": limits[mode],
+            "decided_in": int(np.isfinite(arr).sum()),
+            "median": pct(50),
+            "q25": pct(25),
+            "q75": pct(75),
+            "live_run": phase["report"]["requests_to_decide"],
         }
     if out.get("ab", {}).get("median") and out.get("interleave", {}).get("median"):
         out["ratio_median"] = out["ab"]["median"] / out["interleave"]["median"]

@@ -205,3 +205,22 @@ def test_help_and_the_serving_modules_do_not_import_mlflow() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_version_1_of_two_registries_are_two_models_in_one_cache(
+    ranknets: list[Path], store: Path, tmp_path: Path
+) -> None:
+    """The download cache is shared by every registry a user touches (tests, a colleague's
+    store): version 1 of `ranknet` in one must never be served from another's files."""
+    from mlsys.compose.models import model_card
+    from mlsys.platform.registry import Registry
+
+    fetched = []
+    for i, model in enumerate(ranknets):
+        other = Registry(f"sqlite:///{tmp_path / f'other-{i}.db'}")
+        version = other.register(model, "same-name", model_card(model))
+        assert version == "1"
+        fetched.append(other.download(other.version("same-name", "1")))
+    assert fetched[0] != fetched[1]
+    assert (fetched[0] / "model.pt").read_bytes() == (ranknets[0] / "model.pt").read_bytes()
+    assert (fetched[1] / "model.pt").read_bytes() == (ranknets[1] / "model.pt").read_bytes()

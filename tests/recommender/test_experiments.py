@@ -157,7 +157,7 @@ def test_ab_reaches_every_worker_within_5_s_and_keeps_each_user_on_one_arm(
     assert report["srm_p"] > 0.001 and report["users_in_both_arms"] == 0
     assert report["decision"] in ("challenger better", "challenger worse", "undecided")
     low, high = arms["challenger"]["ctr_interval"]
-    assert low <= arms["challenger"]["ctr"] <= high
+    assert low <= arms["challenger"]["ctr"] <= high, arms
     clicks = sum(a["clicks"] for a in sim["arms"].values())
     assert arms["champion"]["clicks"] + arms["challenger"]["clicks"] == clicks
     assert (out / "ctr.png").stat().st_size > 10_000 and (out / "report.md").is_file()
@@ -191,6 +191,15 @@ def test_interleaving_merges_both_rankings_and_credits_clicks_to_the_team(server
             team = teams[position - 1]
             credited = "champion" if team == "a" else "challenger"
             assert f.json() == {"recorded": True, "position": position, "credited": credited}
+        by_distance = http.post("/recommend/5", json={**BODY, "sort_dist": True},
+                                headers={"x-request-id": "interleave-test-2"})  # fmt: skip
+        assert by_distance.status_code == 200
+    logged = {}
+    for _, fields in server.log.xrevrange("mlsys:log:impressions", count=50):
+        record = json.loads(fields[b"json"])
+        logged[record["request_id"]] = record
+    assert logged["interleave-test-1"]["arms_agree"] is False
+    assert logged["interleave-test-2"]["arms_agree"] is True  # a distance sort: no preference
 
 
 def test_shadow_answers_with_the_champion_and_logs_the_challenger(server: Server) -> None:

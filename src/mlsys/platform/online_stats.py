@@ -93,16 +93,15 @@ def difference_sequence(
     return Interval(diff, diff - half, diff + half, n)
 
 
-def first_decision(
+def prefix_sequences(
     values: npt.ArrayLike,
     is_treatment: npt.ArrayLike | None = None,
     alpha: float = ALPHA,
     n_opt: float = N_OPT,
-    min_n: int = 20,
-) -> int | None:
-    """The number of observations, in arrival order, at which the sequence first excluded
-    zero (None: not yet). One arm (is_treatment None): the mean of `values`; two arms: the
-    difference of treatment's and control's means. Vectorised over every prefix."""
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(estimate, half-width, n) after each observation in arrival order. One arm
+    (is_treatment None): the mean of `values`; two arms: treatment's minus control's mean.
+    Vectorised over every prefix; the half-width is infinite until each arm has 2."""
     v = np.asarray(values, dtype=np.float64)
     if is_treatment is None:
         n = np.arange(1, len(v) + 1, dtype=np.float64)
@@ -111,28 +110,60 @@ def first_decision(
         with np.errstate(divide="ignore", invalid="ignore"):
             var = np.maximum(s2 - n * mean * mean, 0) / (n - 1)
             half = np.sqrt(var) * boundary(n, alpha, n_opt)
-        estimate, total = mean, n
-    else:
-        arm = np.asarray(is_treatment, dtype=bool)
-        stats = []
-        for mask in (arm, ~arm):
-            x = np.where(mask, v, 0.0)
-            k = np.cumsum(mask).astype(np.float64)
-            s1, s2 = np.cumsum(x), np.cumsum(x * x)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                mean = s1 / k
-                var = np.maximum(s2 - k * mean * mean, 0) / (k - 1)
-            stats.append((k, mean, var))
-        (kt, mt, vt), (kc, mc, vc) = stats
-        total = kt + kc
+        return mean, np.where(n >= 2, half, np.inf), n
+    arm = np.asarray(is_treatment, dtype=bool)
+    stats = []
+    for mask in (arm, ~arm):
+        x = np.where(mask, v, 0.0)
+        k = np.cumsum(mask).astype(np.float64)
+        s1, s2 = np.cumsum(x), np.cumsum(x * x)
         with np.errstate(divide="ignore", invalid="ignore"):
-            half = np.sqrt((vt / kt + vc / kc) * total) * boundary(total, alpha, n_opt)
-        estimate = mt - mc
-        ok = (kt >= 2) & (kc >= 2)
-        half = np.where(ok, half, np.inf)
-    decided = (np.abs(estimate) > half) & (total >= min_n) & np.isfinite(half)
+            mean = s1 / k
+            var = np.maximum(s2 - k * mean * mean, 0) / (k - 1)
+        stats.append((k, mean, var))
+    (kt, mt, vt), (kc, mc, vc) = stats
+    total = kt + kc
+    with np.errstate(divide="ignore", invalid="ignore"):
+        half = np.sqrt((vt / kt + vc / kc) * total) * boundary(total, alpha, n_opt)
+    ok = (kt >= 2) & (kc >= 2)
+    return np.where(ok, mt - mc, np.nan), np.where(ok, half, np.inf), total
+
+
+def running_interval(
+    values: npt.ArrayLike,
+    is_treatment: npt.ArrayLike | None = None,
+    alpha: float = ALPHA,
+    n_opt: float = N_OPT,
+    min_n: int = 20,
+) -> Interval:
+    """The intersection of the sequence's intervals over every prefix of at least `min_n`
+    (itself always valid): once an interval has excluded zero, later ones cannot bring it
+    back, so the decision never flips."""
+    estimate, half, n = prefix_sequences(values, is_treatment, alpha, n_opt)
+    if len(n) == 0:
+        return Interval(math.nan, -math.inf, math.inf, 0)
+    use = np.isfinite(half) & (half > 0) & (n >= min_n)  # zero width: no variance seen yet
+    if not use.any():
+        return Interval(float(estimate[-1]), -math.inf, math.inf, int(n[-1]))
+    low = float(np.max((estimate - half)[use]))
+    high = float(np.min((estimate + half)[use]))
+    return Interval(float(estimate[-1]), low, high, int(n[-1]))
+
+
+def first_decision(
+    values: npt.ArrayLike,
+    is_treatment: npt.ArrayLike | None = None,
+    alpha: float = ALPHA,
+    n_opt: float = N_OPT,
+    min_n: int = 20,
+) -> int | None:
+    """The number of observations, in arrival order, at which the sequence first excluded
+    zero (None: not yet)."""
+    estimate, half, n = prefix_sequences(values, is_treatment, alpha, n_opt)
+    with np.errstate(invalid="ignore"):
+        decided = (np.abs(estimate) > half) & (half > 0) & (n >= min_n) & np.isfinite(half)
     hits = np.flatnonzero(decided)
-    return int(total[hits[0]]) if len(hits) else None
+    return int(n[hits[0]]) if len(hits) else None
 
 
 def sample_ratio_p(observed: list[int], expected_shares: list[float]) -> float:

@@ -141,7 +141,7 @@ class Registry:
         if existing is not None and existing != card.kind:
             raise RegistryError(f"{name} holds {existing} models; {folder} is a {card.kind}")
         if run_id is None:
-            with tracked_run(name, run_name=f"register {folder.name}") as run:
+            with tracked_run(name, run_name=f"register {folder.name}", uri=self.uri) as run:
                 run.log_artifacts(folder, "model")
                 run.set_tags({"mlsys.data_checksum": card.data_checksum})
                 run_id = run.run_id

@@ -128,17 +128,19 @@ def tracked_run(
     enabled: bool = True,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    uri: str | None = None,
 ) -> Iterator[Run]:
-    """A run in `experiment` (created if new) that ends FINISHED, or FAILED on an exception."""
+    """A run in `experiment` (created if new) that ends FINISHED, or FAILED on an exception;
+    in the store at `uri` (default `tracking_uri()`)."""
     if not enabled:
         yield Run(None, None)
         return
-    mlflow = client()
+    mlflow = client(uri)
     found = mlflow.get_experiment_by_name(experiment)
     experiment_id = (
         found.experiment_id
         if found
-        else mlflow.create_experiment(experiment, artifact_location(experiment))
+        else mlflow.create_experiment(experiment, artifact_location(experiment, uri))
     )
     info = mlflow.create_run(
         experiment_id, run_name=run_name, tags={**environment_tags(), **(tags or {})}

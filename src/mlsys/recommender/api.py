@@ -29,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -256,6 +257,7 @@ def component(settings: Settings) -> Component:
         active = rollout.current if rollout is not None else None
         request_id: str = request.scope["state"]["request_id"]
         arm, teams, label, background = CHAMPION, "", champion.label, None
+        agree: bool | None = None  # interleaving: both arms ranked alike
         experiment = mode = challenger_label = ""
         if active is None:
             ranking = rank(query, rows, champion.model.scorer)
@@ -263,12 +265,10 @@ def component(settings: Settings) -> Component:
             state, challenger = active.state, active.challenger.current
             experiment, mode, challenger_label = state.experiment, state.mode, challenger.label
             if mode == "interleave":
-                ranking, teams = interleave(
-                    rank(query, rows, champion.model.scorer),
-                    rank(query, rows, challenger.model.scorer),
-                    query.size,
-                    seed=hash_id(request_id),
-                )
+                first = rank(query, rows, champion.model.scorer)
+                second = rank(query, rows, challenger.model.scorer)
+                agree = bool(np.array_equal(first.ids, second.ids))
+                ranking, teams = interleave(first, second, query.size, seed=hash_id(request_id))
                 arm, label = INTERLEAVED, f"{champion.label},{challenger.label}"
             elif mode in ("canary", "ab") and assign(state, user_id) == CHALLENGER:
                 ranking = rank(query, rows, challenger.model.scorer)
@@ -297,7 +297,7 @@ def component(settings: Settings) -> Component:
             record = impression(
                 request_id, query, ranking, experiment=experiment, mode=mode, arm=arm,
                 model=label, champion=champion.label, challenger=challenger_label, teams=teams,
-                server_ms=(time.perf_counter() - started) * 1e3,
+                arms_agree=agree, server_ms=(time.perf_counter() - started) * 1e3,
             )  # fmt: skip
             try:
                 events.impression(

@@ -11,7 +11,9 @@ the streams alone. Per mode:
   impressions, in arrival order, at which that interval first excluded zero; the sample-ratio
   check on users (the unit of assignment) against the configured split; and the guardrails;
 - interleave: per answer, the arm credited with more clicks wins; the preference is the mean of
-  +1 (challenger won), -1 (champion won), 0 (tie) with its always-valid interval, the
+  +1 (challenger won), -1 (champion won), 0 (tie) over the answers where the two arms' rankings
+  differ (where they agree, e.g. a distance sort, the teams are a coin flip and the answer can
+  show no preference), with its always-valid interval, the
   fixed-horizon binomial p-value beside it, and the answers needed to decide; the sample-ratio
   check is on which team picked first (a fair coin);
 - shadow: how often the challenger was scored, how its ranking agrees with the champion's
@@ -45,9 +47,10 @@ from mlsys.platform.online_stats import (
     N_OPT,
     Interval,
     binomial_p,
-    difference_sequence,
     first_decision,
     mean_sequence,
+    prefix_sequences,
+    running_interval,
     sample_ratio_p,
 )
 from mlsys.platform.rollout import CHALLENGER, CHAMPION, RolloutState
@@ -140,7 +143,7 @@ def _split(
         users[arm] = {r["user_id"] for r in picked}
         items = sum(len(r["ids"]) for r in picked)
         failed = errors.get(arm, 0)
-        ci = mean_sequence(values[mask], n_opt=n_opt)
+        ci = mean_sequence(values[mask], n_opt=n_opt)  # descriptive: the latest interval
         arms[arm] = {
             "impressions": len(picked),
             "users": len(users[arm]),
@@ -152,7 +155,7 @@ def _split(
             "errors": failed,
             "error_rate": failed / (len(picked) + failed) if picked or failed else 0.0,
         }
-    lift = difference_sequence(values[is_challenger], values[~is_challenger], n_opt=n_opt)
+    lift = running_interval(values, is_challenger, n_opt=n_opt)
     srm = sample_ratio_p(
         [len(users[CHAMPION]), len(users[CHALLENGER])], [100 - state.percent, state.percent]
     )
@@ -196,18 +199,21 @@ def _decide(interval: Interval) -> str:
 def _interleaving(
     rows: list[dict[str, Any]], by_request: dict[str, Counter[str]], n_opt: float
 ) -> dict[str, Any]:
+    # An answer where both arms ranked alike (a distance sort, or the same order) cannot show
+    # a preference: its teams are a coin flip, so it only adds noise.
+    informative = [r for r in rows if not r.get("arms_agree")]
     outcome = np.asarray(
         [
             np.sign(
                 by_request.get(r["request_id"], Counter())[CHALLENGER]
                 - by_request.get(r["request_id"], Counter())[CHAMPION]
             )
-            for r in rows
+            for r in informative
         ],
         dtype=np.float64,
     )
     wins, losses = int((outcome > 0).sum()), int((outcome < 0).sum())
-    preference = mean_sequence(outcome, n_opt=n_opt)
+    preference = running_interval(outcome, n_opt=n_opt)
     credited: Counter[str] = Counter()
     for r in rows:
         credited.update(by_request.get(r["request_id"], Counter()))
@@ -225,7 +231,8 @@ def _interleaving(
             **preference.to_dict(),
             "challenger_wins": wins,
             "champion_wins": losses,
-            "ties": len(rows) - wins - losses,
+            "ties": len(informative) - wins - losses,
+            "answers_where_arms_agree": len(rows) - len(informative),
             "binomial_p": binomial_p(wins, losses),
         },
         "p95_server_ms": _p95([r["server_ms"] for r in rows]),
@@ -340,7 +347,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [
             "",
             f"Interleaving: challenger won {p['challenger_wins']}, champion won "
-            f"{p['champion_wins']}, ties {p['ties']}. Preference {p['estimate']:+.3f}, "
+            f"{p['champion_wins']}, ties {p['ties']} ({p['answers_where_arms_agree']} answers "
+            "where both arms ranked alike left out). Preference {p['estimate']:+.3f}, "
             f"always-valid 95% interval [{p['low']:+.3f}, {p['high']:+.3f}], binomial p = "
             f"{p['binomial_p']:.3g}; decided after {r['requests_to_decide'] or 'not yet'} "
             f"answers. First-pick balance p = {r['srm_p']:.3g}.",
@@ -367,41 +375,39 @@ def plot(
     import matplotlib.pyplot as plt
 
     n = len(values)
-    points = np.unique(np.linspace(min(10, n), n, min(n, 200)).astype(int))
+    points = np.unique(np.linspace(min(10, n), n, min(n, 300)).astype(int))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     if is_challenger is None:
-        seq = [mean_sequence(values[:k], n_opt=n_opt) for k in points]
         for sign, arm in ((1, CHALLENGER), (-1, CHAMPION)):
-            share = [float((values[:k] == sign).mean()) for k in points]
-            top.plot(points, share, lw=1, label=f"share of answers {arm} won")
+            share = np.cumsum(values == sign) / np.arange(1, n + 1)
+            top.plot(points, share[points - 1], lw=1, label=f"share of answers {arm} won")
         top.set_ylabel("share of answers")
         effect = "preference (+1 challenger won, -1 champion won)"
     else:
         for arm, mask in ((CHAMPION, ~is_challenger), (CHALLENGER, is_challenger)):
-            cum = [values[:k][mask[:k]].mean() if mask[:k].any() else np.nan for k in points]
-            top.plot(points, cum, lw=1, label=arm)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cum = np.cumsum(np.where(mask, values, 0.0)) / np.cumsum(mask)
+            top.plot(points, cum[points - 1], lw=1, label=arm)
         top.set_ylabel("clicks per impression")
-        seq = [
-            difference_sequence(
-                values[:k][is_challenger[:k]], values[:k][~is_challenger[:k]], n_opt=n_opt
-            )
-            for k in points
-        ]
         effect = "lift: challenger - champion"
+    estimate, half, _ = prefix_sequences(values, is_challenger, n_opt=n_opt)
+    est, lo, hi = estimate[points - 1], (estimate - half)[points - 1], (estimate + half)[points - 1]
     top.legend(loc="best", fontsize=8)
-    bottom.plot(points, [s.estimate for s in seq], color="k", lw=1.5, label=effect)
-    bottom.fill_between(
-        points, [s.low for s in seq], [s.high for s in seq], color="k", alpha=0.15,
-        label="always-valid 95% interval",
-    )  # fmt: skip
+    bottom.plot(points, est, color="k", lw=1.5, label=effect)
+    bottom.fill_between(points, lo, hi, color="k", alpha=0.15, label="always-valid 95% interval")
+    with np.errstate(invalid="ignore"):
+        kept = (np.maximum.accumulate(np.where(np.isfinite(lo), lo, -np.inf)),
+                np.minimum.accumulate(np.where(np.isfinite(hi), hi, np.inf)))  # fmt: skip
+    bottom.plot(points, kept[0], color="tab:blue", lw=0.8, ls="--", label="running intersection")
+    bottom.plot(points, kept[1], color="tab:blue", lw=0.8, ls="--")
     bottom.axhline(0, color="grey", lw=0.8)
     if r.get("requests_to_decide"):
         for ax in (top, bottom):
             ax.axvline(r["requests_to_decide"], color="tab:red", ls="--", lw=1)
-    finite = [s for s in seq if np.isfinite(s.low) and np.isfinite(s.high)]
-    if finite:
-        span = max(abs(s.low) for s in finite[len(finite) // 10 :] or finite)
-        span = max(span, max(abs(s.high) for s in finite[len(finite) // 10 :] or finite))
+    tail = np.isfinite(lo) & np.isfinite(hi)
+    if tail.any():
+        later = np.flatnonzero(tail)[len(np.flatnonzero(tail)) // 10 :]
+        span = float(max(np.abs(lo[later]).max(), np.abs(hi[later]).max()))
         bottom.set_ylim(-span, span)
     bottom.set_xlabel("impressions, in arrival order (red: first decided)")
     bottom.legend(loc="best", fontsize=8)

@@ -3,7 +3,8 @@
 An impression is one answered /recommend request: who asked, where, with which parameters,
 which experiment and arm answered with which model versions, and the returned restaurants in
 order with their scores (position = index + 1). For interleaving, `teams` says per position
-which arm put the restaurant there ("a" champion, "b" challenger). The parquet schemas below
+which arm put the restaurant there ("a" champion, "b" challenger), and `arms_agree` whether both
+arms ranked alike (then the answer can show no preference). The parquet schemas below
 are what `mlsys log export` writes: the analysis reads those columns and nothing else.
 """
 
@@ -38,6 +39,7 @@ def schemas() -> dict[str, Any]:
             ("ids", pa.list_(pa.int64())),
             ("scores", pa.list_(pa.float64())),
             ("teams", pa.string()),
+            ("arms_agree", pa.bool_()),
             ("latitude", pa.float64()),
             ("longitude", pa.float64()),
             ("size", pa.int64()),
@@ -112,6 +114,7 @@ def impression(
     champion: str,
     challenger: str,
     teams: str,
+    arms_agree: bool | None,
     server_ms: float,
 ) -> dict[str, Any]:
     return {
@@ -127,6 +130,7 @@ def impression(
         "ids": ranking.ids.tolist(),
         "scores": [round(s, 6) for s in ranking.scores.tolist()],
         "teams": teams,
+        "arms_agree": arms_agree,
         "latitude": query.latitude,
         "longitude": query.longitude,
         "size": query.size,

@@ -16,7 +16,9 @@ clicks; with it, the order is what the model changes. Each click is posted to /f
 Because the truth is known, the simulator also reports, per arm, the expected clicks of what was
 shown (`expected_ctr`: the sum of examination * true probability, noise-free, averaged over
 impressions: the arm's true CTR without click noise) and the oracle's (`oracle_ctr`: the same
-restaurants in the order of their true probability: the physical limit of any ranking).
+restaurants in the order of their true probability: the physical limit of any ranking). A
+request with `sort_dist: true` (half of requests.parquet) asks for distance order, which no model
+changes: its oracle is what was shown, so the oracle stays a limit a ranking can reach.
 
 CTR here is clicks per impression, and an impression is one answered list (the unit the log
 and the assignment use); `item_ctr` is clicks per shown restaurant.
@@ -81,6 +83,7 @@ class Population:
 
     users: npt.NDArray[np.int64]
     bodies: list[bytes]
+    sort_dist: npt.NDArray[np.bool_]
     users10: npt.NDArray[np.float32]
     restaurants10: npt.NDArray[np.float32]
 
@@ -108,7 +111,10 @@ def load_population(data_dir: str | Path) -> Population:
         for row in rows
     ]  # fmt: skip
     users = np.asarray([row["user_id"] for row in rows], dtype=np.int64)
-    return Population(users, bodies, ds.user_features(first=10), ds.restaurant_features())
+    sort_dist = np.asarray([bool(row["sort_dist"]) for row in rows], dtype=bool)
+    return Population(
+        users, bodies, sort_dist, ds.user_features(first=10), ds.restaurant_features()
+    )
 
 
 def _sigmoid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -178,7 +184,8 @@ async def _run(
             tally.impressions += 1
             tally.items += len(items)
             tally.expected += float(exam @ p)
-            tally.oracle += float(exam @ np.sort(p)[::-1])
+            best = p if population.sort_dist[row] else np.sort(p)[::-1]
+            tally.oracle += float(exam @ best)
             credited = await asyncio.gather(*(click(request_id, it) for it in clicked))
             got = [c for c in credited if c is not None]
             tally.clicks += len(got)
