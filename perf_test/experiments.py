@@ -14,9 +14,8 @@ cost to serving. One run, every figure side by side:
    `--ab-duration`; `mlsys experiment report`: the estimate with its always-valid interval
    and the requests it needed to decide;
 4. interleaving: the same for `--interleave-duration`;
-5. how many requests each method needs: the first count at which its always-valid interval
-   excludes zero, over 200 streams resampled from the logged answers (median, quartiles),
-   beside the single live run;
+5. (how many requests each method needs, as a distribution: perf_test/experiment_power.py;
+   a live run is one draw of it)
 6. impressions against 200 answers, with one worker SIGKILLed mid-run (A/B mode);
 7. overhead, side by side: the API without the impression log and rollout (as before this
    issue) and with logging plus shadow scoring of every request, alternated twice (A, B, A,
@@ -40,8 +39,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 
 def main() -> int:
@@ -117,10 +114,6 @@ def main() -> int:
             }
             print(json.dumps(brief), flush=True)
         results["phases"] = phases
-
-        print("5. stopping times over reorderings", flush=True)
-        results["stopping"] = stopping_times(client, phases)
-        print(json.dumps(results["stopping"]), flush=True)
 
         print("6. impressions vs 200 answers across a killed worker", flush=True)
         cli("rollout", "ab", "ranknet", "--redis", log_url)
@@ -218,53 +211,6 @@ def crash_loss(workdir: Path, fsync: str, seconds: float = 3.0) -> dict[str, Any
     server.stop()
     lost = sum(1 for i in acked if i not in kept)
     return {"acknowledged": len(acked), "lost": lost, "appends_per_s": round(len(acked) / elapsed)}
-
-
-def stopping_times(client: Any, phases: dict[str, Any], draws: int = 200) -> dict[str, Any]:
-    """How many requests each method needs: the count at which its always-valid interval first
-    excludes zero, over `draws` streams resampled (with replacement) from the logged answers'
-    outcomes, each as long as `limit` (the live run is one such stream, and too short for A/B
-    to decide in most orders). The per-answer outcomes are exactly those the report uses."""
-    from mlsys.platform.event_log import CLICKS, IMPRESSIONS
-    from mlsys.platform.online_stats import first_decision
-    from mlsys.platform.rollout import RolloutStore
-    from mlsys.recommender.experiment import N_OPT_BY_MODE, analyse, load_log
-
-    impressions = load_log(client, IMPRESSIONS, None)
-    clicks = load_log(client, CLICKS, None)
-    store = RolloutStore(client)
-    out: dict[str, Any] = {}
-    rng = np.random.default_rng(0)
-    limits = {"ab": 100_000, "interleave": 10_000}
-    for mode, phase in phases.items():
-        state = store.experiment("ranknet", phase["report"]["experiment"])
-        values, arm = analyse(state, impressions, clicks, [], {})["_series"]
-        times = []
-        for _ in range(draws):
-            pick = rng.integers(0, len(values), size=limits[mode])
-            t = first_decision(values[pick], None if arm is None else arm[pick],
-                               n_opt=N_OPT_BY_MODE[mode])  # fmt: skip
-            times.append(np.nan if t is None else t)
-        arr = np.asarray(times, float)
-        undecided_last = np.where(np.isfinite(arr), arr, np.inf)  # not decided: > the limit
-
-        def pct(q: float, arr: Any = undecided_last) -> float | None:
-            v = float(np.percentile(arr, q, method="nearest"))
-            return v if np.isfinite(v) else None
-
-        out[mode] = {
-            "answers_logged": len(values),
-            "draws": draws,
-            "stream_length": limits[mode],
-            "decided_in": int(np.isfinite(arr).sum()),
-            "median": pct(50),
-            "q25": pct(25),
-            "q75": pct(75),
-            "live_run": phase["report"]["requests_to_decide"],
-        }
-    if out.get("ab", {}).get("median") and out.get("interleave", {}).get("median"):
-        out["ratio_median"] = out["ab"]["median"] / out["interleave"]["median"]
-    return out
 
 
 def impressions_across_a_kill(stack: Any, log_url: str, export_dir: Path) -> dict[str, Any]:

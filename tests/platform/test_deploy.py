@@ -18,8 +18,11 @@ def _memory_gib(value: str) -> float:
 def test_compose_services_healthchecks_and_budget() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "feature-loader", "api"}
+    assert set(services) == {"redis", "log-redis", "feature-loader", "api"}
     assert services["redis"]["healthcheck"]["test"][-1] == "ping"
+    log = services["log-redis"]["command"]
+    assert log[log.index("--appendonly") + 1] == "yes"  # the log survives a restart
+    assert "redis://log-redis:6379/0" in services["api"]["command"]
     assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
     loader = services["feature-loader"]
     assert loader["restart"] == "no" and loader["command"][:3] == ["mlsys", "features", "load"]

@@ -214,6 +214,9 @@ def _interleaving(
     )
     wins, losses = int((outcome > 0).sum()), int((outcome < 0).sum())
     preference = running_interval(outcome, n_opt=n_opt)
+    # Counted in answers served, the uninformative ones too: they cost traffic as well.
+    positions = [i for i, r in enumerate(rows) if not r.get("arms_agree")]
+    decided = first_decision(outcome, n_opt=n_opt)
     credited: Counter[str] = Counter()
     for r in rows:
         credited.update(by_request.get(r["request_id"], Counter()))
@@ -236,10 +239,11 @@ def _interleaving(
             "binomial_p": binomial_p(wins, losses),
         },
         "p95_server_ms": _p95([r["server_ms"] for r in rows]),
-        "requests_to_decide": first_decision(outcome, n_opt=n_opt),
+        "requests_to_decide": None if decided is None else positions[decided - 1] + 1,
         "srm_p": sample_ratio_p([first.get("a", 0), first.get("b", 0)], [50, 50]),
         "decision": _decide(preference),
         "_series": (outcome, None),
+        "_decided_in_series": decided,
     }
 
 
@@ -301,12 +305,13 @@ def report(
         n_opt=n_opt,
     )
     series = result.pop("_series", None)
+    decided_at = result.pop("_decided_in_series", result.get("requests_to_decide"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "report.md").write_text(markdown(result))
     if series is not None and len(series[0]):
-        plot(result, series[0], series[1], out / "ctr.png", n_opt=result["n_opt"])
+        plot(result, series[0], series[1], out / "ctr.png", result["n_opt"], decided_at)
     return result
 
 
@@ -366,6 +371,7 @@ def plot(
     is_challenger: np.ndarray[Any, Any] | None,
     path: Path,
     n_opt: float,
+    decided_at: int | None,
 ) -> None:
     """Top: each arm's cumulative CTR (or the credited clicks' preference); bottom: the effect
     with its always-valid band, and where it first excluded zero."""
@@ -383,6 +389,7 @@ def plot(
             top.plot(points, share[points - 1], lw=1, label=f"share of answers {arm} won")
         top.set_ylabel("share of answers")
         effect = "preference (+1 challenger won, -1 champion won)"
+        bottom.set_xlabel("answers where the rankings differ, in arrival order (red: decided)")
     else:
         for arm, mask in ((CHAMPION, ~is_challenger), (CHALLENGER, is_challenger)):
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -401,15 +408,16 @@ def plot(
     bottom.plot(points, kept[0], color="tab:blue", lw=0.8, ls="--", label="running intersection")
     bottom.plot(points, kept[1], color="tab:blue", lw=0.8, ls="--")
     bottom.axhline(0, color="grey", lw=0.8)
-    if r.get("requests_to_decide"):
+    if decided_at:
         for ax in (top, bottom):
-            ax.axvline(r["requests_to_decide"], color="tab:red", ls="--", lw=1)
+            ax.axvline(decided_at, color="tab:red", ls="--", lw=1)
     tail = np.isfinite(lo) & np.isfinite(hi)
     if tail.any():
         later = np.flatnonzero(tail)[len(np.flatnonzero(tail)) // 10 :]
         span = float(max(np.abs(lo[later]).max(), np.abs(hi[later]).max()))
         bottom.set_ylim(-span, span)
-    bottom.set_xlabel("impressions, in arrival order (red: first decided)")
+    if is_challenger is not None:
+        bottom.set_xlabel("impressions, in arrival order (red: first decided)")
     bottom.legend(loc="best", fontsize=8)
     top.set_title(f"{r['experiment']}: {r['decision']}")
     fig.tight_layout()
