@@ -53,6 +53,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--configs", default=",".join(c[0] for c in CONFIGS),
+                        help="comma-separated subset of the configurations")  # fmt: skip
     parser.add_argument("--out", default="perf_test/results/experiment_cost.json")
     args = parser.parse_args()
 
@@ -81,7 +83,7 @@ def main() -> int:
         api = stack.api
         port = int(stack.api_url.rsplit(":", 1)[1])
         for round_ in range(args.rounds):
-            for label, flags, mode in CONFIGS:
+            for label, flags, mode in [c for c in CONFIGS if c[0] in args.configs.split(",")]:
                 stop_process(api)
                 api = start_api(
                     "models:/ranknet@champion", stack.redis.url, port=port, workers=2,

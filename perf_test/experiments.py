@@ -49,8 +49,12 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=40.0, help="simulated requests/s")
     parser.add_argument("--ab-duration", type=float, default=150.0)
     parser.add_argument("--interleave-duration", type=float, default=30.0)
-    parser.add_argument("--sweep", default="250,300,350,400,450,500,550,600")
+    parser.add_argument("--sweep", default="300,325,350,375,400,425,450,475,500")
     parser.add_argument("--sweep-duration", type=float, default=15.0)
+    parser.add_argument(
+        "--phases", default="aof,experiments,kill,overhead",
+        help="comma-separated subset of aof, experiments, kill, overhead",
+    )  # fmt: skip
     parser.add_argument("--out", default="perf_test/results")
     parser.add_argument("--docs", default="docs/experiments")
     args = parser.parse_args()
@@ -67,12 +71,14 @@ def main() -> int:
         "rate": args.rate,
     }
 
-    print("1. the log's crash guarantee", flush=True)
-    results["aof"] = {
-        mode: crash_loss(work / f"aof-{mode}", mode) for mode in ("everysec", "always")
-    }
-    for mode, r in results["aof"].items():
-        print(f"   appendfsync {mode}: {r}", flush=True)
+    phases_run = set(args.phases.split(","))
+    if "aof" in phases_run:
+        print("1. the log's crash guarantee", flush=True)
+        results["aof"] = {
+            mode: crash_loss(work / f"aof-{mode}", mode) for mode in ("everysec", "always")
+        }
+        for mode, r in results["aof"].items():
+            print(f"   appendfsync {mode}: {r}", flush=True)
 
     cli("models", "register", args.champion, "--name", "ranknet", "--alias", "champion")
     cli("models", "register", args.challenger, "--name", "ranknet", "--alias", "challenger")
@@ -94,8 +100,12 @@ def main() -> int:
 
         phases = {}
         for mode, duration, seed in (
-            ("ab", args.ab_duration, 1),
-            ("interleave", args.interleave_duration, 2),
+            (
+                ("ab", args.ab_duration, 1),
+                ("interleave", args.interleave_duration, 2),
+            )
+            if "experiments" in phases_run
+            else ()
         ):
             print(f"{3 if mode == 'ab' else 4}. {mode}: {args.rate:g} rps for {duration:g} s",
                   flush=True)  # fmt: skip
@@ -113,14 +123,16 @@ def main() -> int:
                 "requests_to_decide": rep["requests_to_decide"],
             }
             print(json.dumps(brief), flush=True)
-        results["phases"] = phases
+        if phases:
+            results["phases"] = phases
 
-        print("6. impressions vs 200 answers across a killed worker", flush=True)
-        cli("rollout", "ab", "ranknet", "--redis", log_url)
-        time.sleep(3)
-        results["worker_kill"] = impressions_across_a_kill(stack, log_url, work / "export")
-        print(json.dumps(results["worker_kill"]), flush=True)
-        cli("rollout", "stop", "ranknet", "--redis", log_url)
+        if "kill" in phases_run:
+            print("6. impressions vs 200 answers across a killed worker", flush=True)
+            cli("rollout", "ab", "ranknet", "--redis", log_url)
+            time.sleep(3)
+            results["worker_kill"] = impressions_across_a_kill(stack, log_url, work / "export")
+            print(json.dumps(results["worker_kill"]), flush=True)
+            cli("rollout", "stop", "ranknet", "--redis", log_url)
 
         print("7. overhead: without the log vs with the log and shadow scoring", flush=True)
         overhead: dict[str, Any] = {}
@@ -129,7 +141,7 @@ def main() -> int:
             ("without log or rollout", ["--no-impressions"], None),
             ("log + shadow on every request", [], "shadow"),
         )
-        for round_ in (1, 2):  # A, B, A, B: drift of the shared machine hits both alike
+        for round_ in (1, 2) if "overhead" in phases_run else ():  # A, B, A, B: drift hits both
             for label, flags, mode in configs:
                 stop_process(api)
                 port = int(stack.api_url.rsplit(":", 1)[1])
@@ -163,11 +175,13 @@ def main() -> int:
                 if mode:
                     cli("rollout", "stop", "ranknet", "--redis", log_url)
         stop_process(api)
-        results["overhead"] = overhead
+        if overhead:
+            results["overhead"] = overhead
 
-    (out / "experiments.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    shutil.copy(out / "experiments.json", docs / "experiments.json")
-    print(f"wrote {out / 'experiments.json'}", flush=True)
+    name = "experiments" if len(phases_run) == 4 else "experiments-" + "-".join(sorted(phases_run))
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    shutil.copy(out / f"{name}.json", docs / f"{name}.json")
+    print(f"wrote {out / name}.json", flush=True)
     return 0
 
 
