@@ -109,13 +109,16 @@ def main() -> int:
         ):
             print(f"{3 if mode == 'ab' else 4}. {mode}: {args.rate:g} rps for {duration:g} s",
                   flush=True)  # fmt: skip
+            began = time.monotonic()
             cli("rollout", mode, "ranknet", "--redis", log_url)
-            time.sleep(3)
+            applied_s = time_to_apply(stack.api_url, f"({mode} ", began)
+            print(f"   both workers applied it {applied_s:.2f} s after the command started",
+                  flush=True)  # fmt: skip
             sim = simulate(stack.api_url, args.data, args.rate, duration, seed=seed)
             rep = report(client, "ranknet", out / f"experiment-{mode}")
             for name in ("report.md", "report.json", "ctr.png"):
                 shutil.copy(out / f"experiment-{mode}" / name, docs / f"{mode}-{name}")
-            phases[mode] = {"simulated": sim, "report": rep}
+            phases[mode] = {"simulated": sim, "report": rep, "applied_after_s": applied_s}
             brief = {
                 "simulated": sim["arms"],
                 "oracle": sim["oracle_ctr"],
@@ -278,6 +281,22 @@ def impressions_across_a_kill(stack: Any, log_url: str, export_dir: Path) -> dic
         "worker_pids_before": before,
         "worker_pids_after": worker_pids(stack.api.pid),
     }
+
+
+def time_to_apply(url: str, marker: str, began: float, workers: int = 2) -> float:
+    """Seconds from `began` until /readyz of every worker shows the new state (a connection
+    per request, so the kernel spreads them over the workers)."""
+    import httpx
+
+    seen: set[int] = set()
+    with httpx.Client(base_url=url, timeout=5,
+                      limits=httpx.Limits(max_keepalive_connections=0)) as http:  # fmt: skip
+        while len(seen) < workers:
+            ready = http.get("/readyz").json()
+            if marker in ready["models"]["recommender"]:
+                seen.add(ready["pid"])
+            time.sleep(0.01)
+    return time.monotonic() - began
 
 
 def worker_pids(parent: int) -> list[int]:

@@ -99,3 +99,18 @@ def test_a_second_consumer_group_keeps_its_entries_from_the_trim(
         )
     export(log_redis, tmp_path / "x", {"impressions": SCHEMA}, batch=4)
     assert log_redis.xlen(key) == 10  # "monitor" has read nothing yet
+
+
+def test_shadow_records_ride_with_the_next_impression(log_redis: Any) -> None:
+    log = EventLog(log_redis, max_len=1000, feedback_window_s=60)
+    shadow = stream_key(event_log.SHADOW)
+    assert log.shadow({"request_id": "s1"}) is True  # waiting: the caller schedules a flush
+    assert log_redis.xlen(shadow) == 0
+    log.impression({"request_id": "r1"}, Served("r1", 1, "champion", "e", "m", [1]))
+    assert log_redis.xlen(shadow) == 1  # written by the impression's script
+    for i in range(event_log.SHADOW_FLUSH_COUNT):
+        log.shadow({"request_id": f"s{i + 2}"})
+    assert log_redis.xlen(shadow) == 1 + event_log.SHADOW_FLUSH_COUNT  # full: flushed alone
+    log.shadow({"request_id": "last"})
+    log.flush_shadows()  # what the scheduled flush does
+    assert log_redis.xlen(shadow) == 2 + event_log.SHADOW_FLUSH_COUNT

@@ -23,6 +23,8 @@ worker follows the model name's rollout state. The arm that answered is in `X-Ar
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import re
 import time
@@ -36,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mlsys.platform.event_log import EventLog, Served
+from mlsys.platform.event_log import SHADOW_FLUSH_S, EventLog, Served
 from mlsys.platform.live_model import LiveModel
 from mlsys.platform.openapi import Operation, Param
 from mlsys.platform.registry import parse_model_uri
@@ -327,7 +329,7 @@ def component(settings: Settings) -> Component:
         began = time.perf_counter()
         try:
             ranking = rank(query, rows, model.scorer)
-            events.shadow(
+            waiting = events.shadow(
                 {
                     "request_id": request_id, "ts_ms": int(time.time() * 1000),
                     "experiment": experiment, "model": label, "champion": champion,
@@ -337,9 +339,22 @@ def component(settings: Settings) -> Component:
                 }
             )  # fmt: skip
             SHADOW_REQUESTS.labels("logged").inc()
+            if waiting and not flush_scheduled:
+                flush_scheduled.append(True)
+                asyncio.get_running_loop().call_later(SHADOW_FLUSH_S, flush_shadows)
         except Exception:  # never the answer's problem: it has been sent
             SHADOW_REQUESTS.labels("failed").inc()
         SHADOW_LATENCY.labels(model_name).observe(time.perf_counter() - began)
+
+    flush_scheduled: list[bool] = []  # a flush of buffered shadow records is due
+
+    def flush_shadows() -> None:
+        """On the event loop, like every other use of `events`: no lock needed."""
+        flush_scheduled.clear()
+        try:
+            events.flush_shadows()
+        except redis_errors:
+            SHADOW_REQUESTS.labels("failed").inc()
 
     async def feedback(request: Request) -> Response:
         try:
@@ -437,6 +452,8 @@ def component(settings: Settings) -> Component:
 
     def close() -> None:
         live.stop()
+        with contextlib.suppress(*redis_errors):
+            events.flush_shadows()
         if rollout is not None:
             rollout.stop()
         client.connection_pool.disconnect()
