@@ -75,7 +75,7 @@ from mlsys.recommender.features import (
 )
 from mlsys.recommender.impressions import impression, interleave
 from mlsys.recommender.model import RESTAURANT_FEATURES, USER_FEATURES
-from mlsys.recommender.service import Model, Query, load_model, probe, rank
+from mlsys.recommender.service import Model, Query, Reachable, load_model, order, probe, reachable
 from mlsys.recommender.values import FLOAT32_MAX
 
 INT64_MAX = (1 << 63) - 1
@@ -261,25 +261,26 @@ def component(settings: Settings) -> Component:
         arm, teams, label, background = CHAMPION, "", champion.label, None
         agree: bool | None = None  # interleaving: both arms ranked alike
         experiment = mode = challenger_label = ""
+        reach = reachable(query, rows)
         if active is None:
-            ranking = rank(query, rows, champion.model.scorer)
+            ranking = order(query, reach, champion.model.scorer)
         else:
             state, challenger = active.state, active.challenger.current
             experiment, mode, challenger_label = state.experiment, state.mode, challenger.label
             if mode == "interleave":
-                first = rank(query, rows, champion.model.scorer)
-                second = rank(query, rows, challenger.model.scorer)
+                first = order(query, reach, champion.model.scorer)
+                second = order(query, reach, challenger.model.scorer)
                 agree = bool(np.array_equal(first.ids, second.ids))
                 ranking, teams = interleave(first, second, query.size, seed=hash_id(request_id))
                 arm, label = INTERLEAVED, f"{champion.label},{challenger.label}"
             elif mode in ("canary", "ab") and assign(state, user_id) == CHALLENGER:
-                ranking = rank(query, rows, challenger.model.scorer)
+                ranking = order(query, reach, challenger.model.scorer)
                 arm, label = CHALLENGER, challenger.label
             else:
-                ranking = rank(query, rows, champion.model.scorer)
+                ranking = order(query, reach, champion.model.scorer)
                 if mode == "shadow" and sampled(state, request_id):
                     background = BackgroundTask(
-                        shadow, request_id, query, rows, challenger.label, challenger.model,
+                        shadow, request_id, query, reach, challenger.label, challenger.model,
                         champion.label, experiment,
                     )  # fmt: skip
         CANDIDATES.labels("requested").inc(ranking.candidates)
@@ -322,19 +323,19 @@ def component(settings: Settings) -> Component:
         )  # fmt: skip
 
     async def shadow(
-        request_id: str, query: Query, rows: Any, label: str, model: Model, champion: str,
+        request_id: str, query: Query, reach: Reachable, label: str, model: Model, champion: str,
         experiment: str,
     ) -> None:  # fmt: skip
         """The challenger's ranking of the same candidates, after the answer has gone out."""
         began = time.perf_counter()
         try:
-            ranking = rank(query, rows, model.scorer)
+            ranking = order(query, reach, model.scorer)
             waiting = events.shadow(
                 {
                     "request_id": request_id, "ts_ms": int(time.time() * 1000),
                     "experiment": experiment, "model": label, "champion": champion,
                     "ids": ranking.ids.tolist(),
-                    "scores": [round(x, 6) for x in ranking.scores.tolist()],
+                    "scores": np.round(ranking.scores, 6).tolist(),
                     "shadow_ms": round((time.perf_counter() - began) * 1e3, 3),
                 }
             )  # fmt: skip

@@ -128,7 +128,7 @@ def impression(
         "champion": champion,
         "challenger": challenger,
         "ids": ranking.ids.tolist(),
-        "scores": [round(s, 6) for s in ranking.scores.tolist()],
+        "scores": np.round(ranking.scores, 6).tolist(),
         "teams": teams,
         "arms_agree": arms_agree,
         "latitude": query.latitude,

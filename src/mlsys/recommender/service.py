@@ -134,24 +134,54 @@ class Ranking:
         return b'{"restaurants":[' + items.encode() + b"]}"
 
 
-def rank(query: Query, rows: Rows, scorer: Scorer) -> Ranking:
-    """Filter by distance, score what is left, sort, cut to `size` (see the module docstring)."""
-    assert rows.user is not None, "rank() needs a known user"
+@dataclass(frozen=True)
+class Reachable:
+    """The candidates within `max_dist` of the user: what every model of a request ranks
+    (computed once when an experiment ranks with two)."""
+
+    user: npt.NDArray[Any]
+    ids: IdArray
+    displacement: Float64Array
+    features: npt.NDArray[Any]
+    candidates: int
+    unknown: int
+    too_far: int
+
+
+def reachable(query: Query, rows: Rows) -> Reachable:
+    assert rows.user is not None, "ranking needs a known user"
     ids = np.asarray(query.candidate_ids, dtype=np.int64)[rows.positions]
     displacement = haversine_m(query.latitude, query.longitude, rows.latitude, rows.longitude)
     near = displacement <= query.max_dist
-    ids, displacement = ids[near], displacement[near]
-    scores = scorer.scores(scorer.user_part(rows.user), rows.features[near])
-    key = displacement if query.sort_dist else -scores
-    order = np.argsort(key, kind="stable")[: query.size]
-    return Ranking(
-        ids=ids[order],
-        scores=scores[order],
-        displacement=displacement[order],
+    return Reachable(
+        user=rows.user,
+        ids=ids[near],
+        displacement=displacement[near],
+        features=rows.features[near],
         candidates=len(query.candidate_ids),
         unknown=rows.unknown,
         too_far=int(len(near) - int(near.sum())),
     )
+
+
+def order(query: Query, reach: Reachable, scorer: Scorer) -> Ranking:
+    """Score the reachable candidates, sort, cut to `size`."""
+    scores = scorer.scores(scorer.user_part(reach.user), reach.features)
+    key = reach.displacement if query.sort_dist else -scores
+    top = np.argsort(key, kind="stable")[: query.size]
+    return Ranking(
+        ids=reach.ids[top],
+        scores=scores[top],
+        displacement=reach.displacement[top],
+        candidates=reach.candidates,
+        unknown=reach.unknown,
+        too_far=reach.too_far,
+    )
+
+
+def rank(query: Query, rows: Rows, scorer: Scorer) -> Ranking:
+    """Filter by distance, score what is left, sort, cut to `size` (see the module docstring)."""
+    return order(query, reachable(query, rows), scorer)
 
 
 def _probe_input() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
