@@ -114,3 +114,12 @@ def test_shadow_records_ride_with_the_next_impression(log_redis: Any) -> None:
     log.shadow({"request_id": "last"})
     log.flush_shadows()  # what the scheduled flush does
     assert log_redis.xlen(shadow) == 2 + event_log.SHADOW_FLUSH_COUNT
+
+
+def test_failed_requests_are_counted_per_arm(log_redis: Any) -> None:
+    """The canary guardrail's error rate reads these counts."""
+    log = EventLog(log_redis, max_len=1000, feedback_window_s=60)
+    for arm in ("challenger", "challenger", "champion"):
+        log.error("exp-1", arm)
+    assert event_log.read_errors(log_redis, "exp-1") == {"challenger": 2, "champion": 1}
+    assert event_log.read_errors(log_redis, "other") == {}

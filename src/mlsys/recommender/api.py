@@ -29,6 +29,7 @@ import hmac
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -40,12 +41,14 @@ from starlette.routing import Route
 
 from mlsys.platform.event_log import SHADOW_FLUSH_S, EventLog, Served
 from mlsys.platform.live_model import LiveModel
+from mlsys.platform.live_model import Served as Served_
 from mlsys.platform.openapi import Operation, Param
 from mlsys.platform.registry import parse_model_uri
 from mlsys.platform.rollout import (
     CHALLENGER,
     CHAMPION,
     INTERLEAVED,
+    Active,
     RolloutFollower,
     RolloutStore,
     assign,
@@ -67,6 +70,7 @@ from mlsys.recommender.features import (
     IncompleteEntity,
     InvalidFeatures,
     OnlineStore,
+    Rows,
     UnknownEntity,
     connect,
     read_meta,
@@ -75,7 +79,16 @@ from mlsys.recommender.features import (
 )
 from mlsys.recommender.impressions import impression, interleave
 from mlsys.recommender.model import RESTAURANT_FEATURES, USER_FEATURES
-from mlsys.recommender.service import Model, Query, Reachable, load_model, order, probe, reachable
+from mlsys.recommender.service import (
+    Model,
+    Query,
+    Ranking,
+    Reachable,
+    load_model,
+    order,
+    probe,
+    reachable,
+)
 from mlsys.recommender.values import FLOAT32_MAX
 
 INT64_MAX = (1 << 63) - 1
@@ -246,43 +259,25 @@ def component(settings: Settings) -> Component:
         log = request.scope.get("state", {}).get("log", {})
         log["user_id"] = user_id
         started = time.perf_counter()
+        # Read once: one request, one model version per arm, one rollout state.
+        active = rollout.current if rollout is not None else None
         try:
             rows = store.fetch(user_id, query.candidate_ids)
         except redis_errors as exc:
+            failed(active, user_id)
             return _unavailable(exc)
         FEATURE_FETCH.observe(time.perf_counter() - started)
         if rows.user is None:
             body = {"error": "unknown_user", "user_id": user_id, "message": "user not found"}
             return JSONResponse(body, status_code=404)
-        # Read once: one request, one model version per arm, one rollout state.
         champion = live.current
-        active = rollout.current if rollout is not None else None
         request_id: str = request.scope["state"]["request_id"]
-        arm, teams, label, background = CHAMPION, "", champion.label, None
-        agree: bool | None = None  # interleaving: both arms ranked alike
-        experiment = mode = challenger_label = ""
-        reach = reachable(query, rows)
-        if active is None:
-            ranking = order(query, reach, champion.model.scorer)
-        else:
-            state, challenger = active.state, active.challenger.current
-            experiment, mode, challenger_label = state.experiment, state.mode, challenger.label
-            if mode == "interleave":
-                first = order(query, reach, champion.model.scorer)
-                second = order(query, reach, challenger.model.scorer)
-                agree = bool(np.array_equal(first.ids, second.ids))
-                ranking, teams = interleave(first, second, query.size, seed=hash_id(request_id))
-                arm, label = INTERLEAVED, f"{champion.label},{challenger.label}"
-            elif mode in ("canary", "ab") and assign(state, user_id) == CHALLENGER:
-                ranking = order(query, reach, challenger.model.scorer)
-                arm, label = CHALLENGER, challenger.label
-            else:
-                ranking = order(query, reach, champion.model.scorer)
-                if mode == "shadow" and sampled(state, request_id):
-                    background = BackgroundTask(
-                        shadow, request_id, query, reach, challenger.label, challenger.model,
-                        champion.label, experiment,
-                    )  # fmt: skip
+        try:
+            got = answer(active, champion, query, rows, request_id)
+        except Exception:  # a 500: counted against the arm that was to answer, then raised
+            failed(active, user_id)
+            raise
+        ranking, arm, label = got.ranking, got.arm, got.label
         CANDIDATES.labels("requested").inc(ranking.candidates)
         CANDIDATES.labels("unknown").inc(ranking.unknown)
         CANDIDATES.labels("too_far").inc(ranking.too_far)
@@ -298,29 +293,82 @@ def component(settings: Settings) -> Component:
         )
         if settings.log_impressions:
             record = impression(
-                request_id, query, ranking, experiment=experiment, mode=mode, arm=arm,
-                model=label, champion=champion.label, challenger=challenger_label, teams=teams,
-                arms_agree=agree, server_ms=(time.perf_counter() - started) * 1e3,
+                request_id, query, ranking, experiment=got.experiment, mode=got.mode, arm=arm,
+                model=label, champion=champion.label, challenger=got.challenger, teams=got.teams,
+                arms_agree=got.arms_agree, server_ms=(time.perf_counter() - started) * 1e3,
             )  # fmt: skip
             try:
                 events.impression(
                     record,
-                    Served(request_id, user_id, arm, experiment, label, record["ids"], teams),
+                    Served(
+                        request_id, user_id, arm, got.experiment, label, record["ids"], got.teams
+                    ),
                 )
                 IMPRESSIONS.labels("logged").inc()
             except redis_errors as exc:  # the answer matters more than its log line
                 IMPRESSIONS.labels("failed").inc()
                 log["log_error"] = f"{type(exc).__name__}: {exc}"
-        ROLLOUT_REQUESTS.labels(model_name, mode or "none", arm).inc()
+        ROLLOUT_REQUESTS.labels(model_name, got.mode or "none", arm).inc()
         ROLLOUT_LATENCY.labels(model_name, arm).observe(time.perf_counter() - started)
         headers = {"x-unknown-candidates": str(ranking.unknown), "x-model-version": label,
                    "x-arm": arm}  # fmt: skip
-        if experiment:
-            headers["x-experiment"] = experiment
+        if got.experiment:
+            headers["x-experiment"] = got.experiment
         return Response(
             ranking.to_json(), media_type="application/json", headers=headers,
-            background=background,
+            background=got.background,
         )  # fmt: skip
+
+    def answer(
+        active: Experiment | None,
+        champion: Served_[Model],
+        query: Query,
+        rows: Rows,
+        request_id: str,
+    ) -> Answer:
+        """Who answers under the rollout state, and their ranking (see rollout.py)."""
+        reach = reachable(query, rows)
+        if active is None:
+            return Answer(order(query, reach, champion.model.scorer), CHAMPION, champion.label)
+        state, challenger = active.state, active.challenger.current
+        exp, mode, other = state.experiment, state.mode, challenger.label
+        if mode == "interleave":
+            first = order(query, reach, champion.model.scorer)
+            second = order(query, reach, challenger.model.scorer)
+            merged, teams = interleave(first, second, query.size, seed=hash_id(request_id))
+            return Answer(
+                merged, INTERLEAVED, f"{champion.label},{challenger.label}", teams=teams,
+                arms_agree=bool(np.array_equal(first.ids, second.ids)), experiment=exp, mode=mode,
+                challenger=other,
+            )  # fmt: skip
+        if mode in ("canary", "ab") and assign(state, query.user_id) == CHALLENGER:
+            return Answer(
+                order(query, reach, challenger.model.scorer), CHALLENGER, challenger.label,
+                experiment=exp, mode=mode, challenger=other,
+            )  # fmt: skip
+        background = None
+        if mode == "shadow" and sampled(state, request_id):
+            background = BackgroundTask(
+                shadow, request_id, query, reach, challenger.label, challenger.model,
+                champion.label, state.experiment,
+            )  # fmt: skip
+        return Answer(
+            order(query, reach, champion.model.scorer), CHAMPION, champion.label,
+            background=background, experiment=exp, mode=mode, challenger=other,
+        )  # fmt: skip
+
+    def failed(active: Experiment | None, user_id: int) -> None:
+        """A request of an experiment that got no answer, counted for the arm it was assigned
+        (the canary guardrail's error rate); the log's own failure must not hide the first."""
+        if active is None:
+            return
+        state = active.state
+        if state.mode == "interleave":
+            arm = INTERLEAVED
+        else:
+            arm = assign(state, user_id) if state.mode in ("canary", "ab") else CHAMPION
+        with contextlib.suppress(*redis_errors):
+            events.error(state.experiment, arm)
 
     async def shadow(
         request_id: str, query: Query, reach: Reachable, label: str, model: Model, champion: str,
@@ -489,6 +537,24 @@ def component(settings: Settings) -> Component:
         serving=serving,
         operations=OPERATIONS,
     )
+
+
+Experiment = Active[LiveModel[Model]]  # a rollout state as a worker applies it
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A request's ranking and who made it: X-Arm, X-Model-Version, and the impression."""
+
+    ranking: Ranking
+    arm: str
+    label: str
+    experiment: str = ""
+    mode: str = ""
+    challenger: str = ""
+    teams: str = ""  # interleaving: per position, "a" champion or "b" challenger
+    arms_agree: bool | None = None  # interleaving: both arms ranked alike
+    background: BackgroundTask | None = None  # shadow scoring, after the answer
 
 
 def _follow_rollout(
