@@ -88,3 +88,5 @@ def test_interleaving_preference_counts_credited_clicks() -> None:
     assert p["challenger_wins"] + p["champion_wins"] + p["ties"] == 300
     assert p["challenger_wins"] > p["champion_wins"] and r["arms"]["challenger"]["clicks"] > 0
     assert r["decision"] in ("challenger better", "undecided")
+    text = markdown({k: v for k, v in r.items() if not k.startswith("_")})
+    assert f"Preference {p['estimate']:+.3f}" in text and "{" not in text

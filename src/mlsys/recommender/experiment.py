@@ -353,7 +353,7 @@ def markdown(r: dict[str, Any]) -> str:
             "",
             f"Interleaving: challenger won {p['challenger_wins']}, champion won "
             f"{p['champion_wins']}, ties {p['ties']} ({p['answers_where_arms_agree']} answers "
-            "where both arms ranked alike left out). Preference {p['estimate']:+.3f}, "
+            f"where both arms ranked alike left out). Preference {p['estimate']:+.3f}, "
             f"always-valid 95% interval [{p['low']:+.3f}, {p['high']:+.3f}], binomial p = "
             f"{p['binomial_p']:.3g}; decided after {r['requests_to_decide'] or 'not yet'} "
             f"answers. First-pick balance p = {r['srm_p']:.3g}.",
