@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from mlsys.platform.online_stats import (
-    difference_sequence,
     first_decision,
     mean_sequence,
+    running_interval,
     sample_ratio_p,
 )
 
@@ -41,9 +41,10 @@ def test_a_real_difference_is_found_and_the_decision_matches_the_interval() -> N
     values = rng.poisson(np.where(arm, 6.7, 6.3)).astype(float)
     at = first_decision(values, arm)
     assert at is not None and at < n
-    before = difference_sequence(values[: at - 1][arm[: at - 1]], values[: at - 1][~arm[: at - 1]])
-    after = difference_sequence(values[:at][arm[:at]], values[:at][~arm[:at]])
+    before = running_interval(values[: at - 1], arm[: at - 1])
+    after = running_interval(values[:at], arm[:at])
     assert before.decided == 0 and after.decided == 1
+    assert running_interval(values, arm).decided == 1  # and it never flips back
 
 
 def test_one_arm_sequence_matches_the_prefix_interval() -> None:

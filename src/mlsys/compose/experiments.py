@@ -42,8 +42,8 @@ def add_commands(verbs: Verbs) -> None:
                        help=LOG_REDIS_HELP)  # fmt: skip
         if mode in MODES:
             p.add_argument("--challenger", default="challenger", metavar="ALIAS")
-            p.add_argument("--percent", type=float, default=None, metavar="P",
-                           help="shadow: share of requests; canary/ab: share of users")  # fmt: skip
+            share = "shadow, interleave: share of requests; canary, ab: share of users"
+            p.add_argument("--percent", type=float, default=None, metavar="P", help=share)
             p.add_argument("--max-p95-ms", type=float, default=5.0,
                            help="guardrail: challenger p95 over the champion's (ms)")  # fmt: skip
             p.add_argument("--max-error-rate", type=float, default=0.01,

@@ -74,25 +74,6 @@ def mean_sequence(x: npt.ArrayLike, alpha: float = ALPHA, n_opt: float = N_OPT) 
     return Interval(m, m - half, m + half, len(v))
 
 
-def difference_sequence(
-    treatment: npt.ArrayLike,
-    control: npt.ArrayLike,
-    alpha: float = ALPHA,
-    n_opt: float = N_OPT,
-) -> Interval:
-    """The always-valid interval of mean(treatment) - mean(control) (independent arms)."""
-    t = np.asarray(treatment, dtype=np.float64)
-    c = np.asarray(control, dtype=np.float64)
-    n = len(t) + len(c)
-    if len(t) < 2 or len(c) < 2:
-        diff = float(t.mean() - c.mean()) if len(t) and len(c) else math.nan
-        return Interval(diff, -math.inf, math.inf, n)
-    var = t.var(ddof=1) / len(t) + c.var(ddof=1) / len(c)
-    half = float(math.sqrt(var * n) * boundary(n, alpha, n_opt))
-    diff = float(t.mean() - c.mean())
-    return Interval(diff, diff - half, diff + half, n)
-
-
 def prefix_sequences(
     values: npt.ArrayLike,
     is_treatment: npt.ArrayLike | None = None,

@@ -71,7 +71,7 @@ class RolloutState:
     model: str  # registered model name
     mode: str  # one of MODES
     challenger: str  # registry alias of the challenger
-    percent: float  # shadow: share of requests scored; canary/ab: share of users
+    percent: float  # shadow, interleave: share of requests; canary, ab: share of users
     experiment: str  # id, and the assignment's salt
     started: float  # unix time
     champion: str = CHAMPION
@@ -100,7 +100,8 @@ def assign(state: RolloutState, user_id: int) -> str:
 
 
 def sampled(state: RolloutState, request_id: str) -> bool:
-    """Whether shadow mode scores this request (`percent` of requests, by request id)."""
+    """Whether shadow or interleave mode takes this request (`percent` of requests, by
+    request id)."""
     return state.percent >= 100 or bucket(state.experiment, hash_id(request_id)) < (
         state.percent * 100
     )

@@ -332,7 +332,7 @@ def component(settings: Settings) -> Component:
             return Answer(order(query, reach, champion.model.scorer), CHAMPION, champion.label)
         state, challenger = active.state, active.challenger.current
         exp, mode, other = state.experiment, state.mode, challenger.label
-        if mode == "interleave":
+        if mode == "interleave" and sampled(state, request_id):
             first = order(query, reach, champion.model.scorer)
             second = order(query, reach, challenger.model.scorer)
             merged, teams = interleave(first, second, query.size, seed=hash_id(request_id))

@@ -53,7 +53,7 @@ from mlsys.platform.online_stats import (
     running_interval,
     sample_ratio_p,
 )
-from mlsys.platform.rollout import CHALLENGER, CHAMPION, RolloutState
+from mlsys.platform.rollout import CHALLENGER, CHAMPION, INTERLEAVED, RolloutState
 
 SRM_ALPHA = 0.001
 # Where each method's always-valid interval is tightest: about the sample each needs to find a
@@ -109,8 +109,8 @@ def analyse(
     }
     if state.mode in ("canary", "ab"):
         out.update(_split(state, mine, by_request, errors, n_opt))
-    elif state.mode == "interleave":
-        out.update(_interleaving(mine, by_request, n_opt))
+    elif state.mode == "interleave":  # answers outside the sampled share are the champion's
+        out.update(_interleaving([r for r in mine if r["arm"] == INTERLEAVED], by_request, n_opt))
     else:
         out.update(_shadow(mine, shadow, by_request))
     return out
