@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -112,6 +113,12 @@ def test_cli_trains_writes_artifacts_and_evaluates(
     model, _ = load_ranknet(out)
     x = torch.randn(5, 40)
     torch.testing.assert_close(scripted(x), model(x))
+    # The drift monitor's reference: training rows' features and the model's scores of them.
+    reference = pq.read_table(out / "reference.parquet")
+    assert reference.num_rows == 5000 and reference.num_columns == 41
+    features = torch.tensor(np.stack([reference.column(i).to_numpy() for i in range(40)], axis=1))
+    expected = torch.sigmoid(scripted(features)).reshape(-1).detach().double().numpy()
+    np.testing.assert_allclose(reference.column("score").to_numpy(), expected, atol=1e-5)
 
     # Warm start from the artifact, then evaluate it.
     warm = ["--out", str(tmp_path / "warm"), "--epochs", "1", "--init-from", str(out)]

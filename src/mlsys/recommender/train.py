@@ -33,6 +33,8 @@ from mlsys.recommender.artifact import load_ranknet, save_ranknet
 from mlsys.recommender.data import ClickDataset, open_dataset
 from mlsys.recommender.fastgrad import FactoredStep
 from mlsys.recommender.model import RankNet
+from mlsys.recommender.reference import write_reference
+from mlsys.recommender.service import Scorer
 from mlsys.recommender.stream import FeatureTables, iter_chunks, pooled_prefetch
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -338,6 +340,8 @@ def train(
         },
     )
     log(f"wrote {out / 'model.pt'} and {out / 'model.json'}")
+    # The drift monitor's reference: registered with the model, as the files below are.
+    write_reference(out, dataset, tables, Scorer(dict(model.state_dict())))
     if report is not None:  # the same files `mlsys evaluate ranknet` writes
         from mlsys.recommender.evaluate import write_evaluation
 

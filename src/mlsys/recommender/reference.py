@@ -1,0 +1,71 @@
+"""The reference profile a RankNet is trained with: what "undrifted" inputs and scores look like.
+
+Written by `mlsys train ranknet` into the model directory (`reference.parquet`), so it is
+registered and fetched with the version, and drift is always judged against the data that
+version learned from (issue 17). It is a uniform sample of training rows, `REFERENCE_ROWS` by
+default: each row's user features (user_f00-f29), restaurant features (restaurant_f00-f09) and
+the model's click probability for the pair, the score `/recommend` returns. A sample, not
+histograms: the two-sample statistics of `platform/drift.py` (Kolmogorov-Smirnov, Wasserstein)
+need values, and thresholds are calibrated on chunks of this sample for whatever window a
+monitor uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mlsys.files import atomic_write_bytes
+from mlsys.recommender.data import CLICKS_SCHEMA, ClickDataset, open_parquet
+from mlsys.recommender.model import RESTAURANT_FEATURES, USER_FEATURES
+from mlsys.recommender.service import Scorer
+from mlsys.recommender.stream import FeatureTables
+
+REFERENCE_FILE = "reference.parquet"
+REFERENCE_ROWS = 5000
+
+
+def reference_columns() -> list[str]:
+    return [f"user_{f}" for f in USER_FEATURES] + [f"restaurant_{f}" for f in RESTAURANT_FEATURES]
+
+
+def write_reference(
+    out: Path,
+    dataset: ClickDataset,
+    tables: FeatureTables,
+    scorer: Scorer,
+    rows: int = REFERENCE_ROWS,
+    seed: int = 0,
+) -> Path:
+    """Sample `rows` training rows (from the first batch of each train file, in proportion)
+    and write their features and scores to OUT/reference.parquet."""
+    rng = np.random.default_rng(seed)
+    users, restaurants = [], []
+    files = dataset.files("train")
+    share = rows // len(files) + 1
+    for click_file in files:  # the first batch of each file: uniform enough, and fast
+        pf = open_parquet(click_file.path, CLICKS_SCHEMA)
+        batch = next(pf.iter_batches(batch_size=max(share * 20, 65_536),
+                                     columns=["user_id", "restaurant_id"]))  # fmt: skip
+        pick = rng.choice(batch.num_rows, size=min(share, batch.num_rows), replace=False)
+        users.append(batch.column(0).to_numpy()[pick].astype(np.int64))
+        restaurants.append(batch.column(1).to_numpy()[pick].astype(np.int64))
+    user_ids = np.concatenate(users)[:rows]
+    restaurant_ids = np.concatenate(restaurants)[:rows]
+    u = tables.users[user_ids]
+    r = tables.restaurants[restaurant_ids]
+    hidden = r.astype(np.float64) @ scorer.mr_t + (u.astype(np.float64) @ scorer.mu.T + scorer.c)
+    np.maximum(hidden, 0.0, out=hidden)
+    scores = 1.0 / (1.0 + np.exp(-(hidden @ scorer.w3 + scorer.b3)))
+    features = np.concatenate([u, r], axis=1)
+    columns: dict[str, Any] = {name: features[:, j] for j, name in enumerate(reference_columns())}
+    columns["score"] = scores
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink)
+    path = out / REFERENCE_FILE
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    return path
