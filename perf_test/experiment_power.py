@@ -49,10 +49,9 @@ def main() -> int:
     from mlsys.recommender.data import REQUESTS_SCHEMA, open_dataset, open_parquet, read_columns
     from mlsys.recommender.experiment import N_OPT_BY_MODE
     from mlsys.recommender.features import Rows
-    from mlsys.recommender.generate import SCORE_NOISE
     from mlsys.recommender.impressions import interleave
     from mlsys.recommender.service import Query, load_model, rank
-    from mlsys.recommender.simulate import examination
+    from mlsys.recommender.simulate import clicks, examination
 
     started = time.monotonic()
     ds = open_dataset(args.data)
@@ -81,16 +80,10 @@ def main() -> int:
         def logits(ids: np.ndarray[Any, Any], u10: Any = u10) -> np.ndarray[Any, Any]:
             return restaurants[ids, :10].astype(np.float64) @ u10
 
-        def clicks(ids: np.ndarray[Any, Any], k: int) -> np.ndarray[Any, Any]:
-            """k independent click draws on a list: (k, len) booleans."""
-            lg = logits(ids)
-            noisy = 1 / (1 + np.exp(-(lg + rng.normal(0, SCORE_NOISE, (k, len(ids))))))
-            return rng.random((k, len(ids))) < examination(len(ids)) * noisy
-
         for j, ranking in enumerate((first, second)):
             p = 1 / (1 + np.exp(-logits(ranking.ids)))
             truth[("champion", "challenger")[j]] += float(examination(len(p)) @ p)
-            ab_draws[i, j] = clicks(ranking.ids, args.replicas).sum(axis=1)
+            ab_draws[i, j] = clicks(logits(ranking.ids), rng, args.replicas).sum(axis=1)
         p = 1 / (1 + np.exp(-logits(first.ids)))
         best = p if row["sort_dist"] else np.sort(p)[::-1]
         truth["oracle"] += float(examination(len(best)) @ best)
@@ -98,7 +91,7 @@ def main() -> int:
         agree += same
         for r in range(args.replicas):
             merged, teams = interleave(first, second, query.size, seed=int(rng.integers(1 << 62)))
-            got = clicks(merged.ids, 1)[0]
+            got = clicks(logits(merged.ids), rng)
             team_b = np.frombuffer(teams.encode(), dtype=np.uint8) == ord("b")
             il_draws[i, r] = np.nan if same else np.sign(int(got[team_b].sum())
                                                          - int(got[~team_b].sum()))  # fmt: skip

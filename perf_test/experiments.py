@@ -87,6 +87,7 @@ def main() -> int:
 
     from mlsys.compose.loadtest import run_once
     from mlsys.compose.stack import running_stack, start_api, stop_process, wait_ready
+    from mlsys.platform.rollout import RolloutStore
     from mlsys.recommender.experiment import report
     from mlsys.recommender.simulate import simulate
 
@@ -115,7 +116,8 @@ def main() -> int:
             print(f"   both workers applied it {applied_s:.2f} s after the command started",
                   flush=True)  # fmt: skip
             sim = simulate(stack.api_url, args.data, args.rate, duration, seed=seed)
-            rep = report(client, "ranknet", out / f"experiment-{mode}")
+            state = RolloutStore(client).experiment("ranknet")
+            rep = report(client, state, out / f"experiment-{mode}")
             for name in ("report.md", "report.json", "ctr.png"):
                 shutil.copy(out / f"experiment-{mode}" / name, docs / f"{mode}-{name}")
             phases[mode] = {"simulated": sim, "report": rep, "applied_after_s": applied_s}

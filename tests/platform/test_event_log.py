@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from mlsys.platform import event_log
-from mlsys.platform.event_log import Click, EventLog, Served, export, read_parts, stream_key
+from mlsys.platform.event_log import Click, EventLog, Exposure, export, read_parts, stream_key
 from mlsys.platform.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ def log_redis(tmp_path: Path) -> Any:
 def test_a_click_counts_once_and_only_for_a_shown_item(log_redis: Any) -> None:
     log = EventLog(log_redis, max_len=1000, feedback_window_s=60)
     log.impression(
-        {"request_id": "r1", "n": 1}, Served("r1", 7, "challenger", "e", "m/2", [10, 11, 12])
+        {"request_id": "r1", "n": 1}, Exposure("r1", 7, "challenger", "e", "m/2", [10, 11, 12])
     )
     assert log.click("r1", 11) == Click(2, "challenger")
     assert log.click("r1", 11) == "duplicate"
@@ -39,7 +39,7 @@ def test_a_click_counts_once_and_only_for_a_shown_item(log_redis: Any) -> None:
     assert log.click("nope", 11) == "unknown_request"
     assert log_redis.ttl(event_log.SERVED_PREFIX + "r1") > 0  # the served hash expires
     # interleaving: the click is credited to the team that placed the item
-    served = Served("r2", 7, "interleaved", "e", "m/1,m/2", [5, 6, 7], teams="bab")
+    served = Exposure("r2", 7, "interleaved", "e", "m/1,m/2", [5, 6, 7], teams="bab")
     log.impression({"request_id": "r2", "n": 2}, served)
     assert log.click("r2", 5) == Click(1, "challenger")
     assert log.click("r2", 6) == Click(2, "champion")
@@ -53,7 +53,7 @@ def test_export_writes_each_entry_once_across_a_crash(
     log = EventLog(log_redis, max_len=100_000, feedback_window_s=60)
     for i in range(1000):
         log.impression(
-            {"request_id": f"r{i}", "n": i}, Served(f"r{i}", i, "champion", "", "m", [i])
+            {"request_id": f"r{i}", "n": i}, Exposure(f"r{i}", i, "champion", "", "m", [i])
         )
     out = tmp_path / "export"
     schemas = {"impressions": SCHEMA, "clicks": CLICKS}
@@ -76,7 +76,7 @@ def test_export_writes_each_entry_once_across_a_crash(
     assert export(log_redis, out, schemas, batch=300) == {"impressions": 400, "clicks": 0}
     for i in range(1000, 1200):  # more traffic, then a third export
         log.impression(
-            {"request_id": f"r{i}", "n": i}, Served(f"r{i}", i, "champion", "", "m", [i])
+            {"request_id": f"r{i}", "n": i}, Exposure(f"r{i}", i, "champion", "", "m", [i])
         )
     assert export(log_redis, out, schemas, batch=300)["impressions"] == 200
     assert export(log_redis, out, schemas, batch=300)["impressions"] == 0
@@ -95,7 +95,7 @@ def test_a_second_consumer_group_keeps_its_entries_from_the_trim(
     log_redis.xgroup_create(key, "monitor", id="0", mkstream=True)
     for i in range(10):
         log.impression(
-            {"request_id": f"r{i}", "n": i}, Served(f"r{i}", i, "champion", "", "m", [i])
+            {"request_id": f"r{i}", "n": i}, Exposure(f"r{i}", i, "champion", "", "m", [i])
         )
     export(log_redis, tmp_path / "x", {"impressions": SCHEMA}, batch=4)
     assert log_redis.xlen(key) == 10  # "monitor" has read nothing yet
@@ -106,7 +106,7 @@ def test_shadow_records_ride_with_the_next_impression(log_redis: Any) -> None:
     shadow = stream_key(event_log.SHADOW)
     assert log.shadow({"request_id": "s1"}) is True  # waiting: the caller schedules a flush
     assert log_redis.xlen(shadow) == 0
-    log.impression({"request_id": "r1"}, Served("r1", 1, "champion", "e", "m", [1]))
+    log.impression({"request_id": "r1"}, Exposure("r1", 1, "champion", "e", "m", [1]))
     assert log_redis.xlen(shadow) == 1  # written by the impression's script
     for i in range(event_log.SHADOW_FLUSH_COUNT):
         log.shadow({"request_id": f"s{i + 2}"})

@@ -83,9 +83,9 @@ def add_commands(verbs: Verbs) -> None:
 
 
 def _client(url: str) -> Any:
-    import redis
+    from mlsys.recommender.features import connect
 
-    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+    return connect(url, timeout_s=10.0)
 
 
 def _rollout(args: argparse.Namespace) -> int:
@@ -149,8 +149,7 @@ def _report(args: argparse.Namespace) -> int:
     client = _client(args.redis)
     state = RolloutStore(client).experiment(args.name, args.experiment)
     out = args.out or f"experiments/{state.experiment}"
-    result = report(client, args.name, out, experiment=state.experiment, log_dir=args.log,
-                    n_opt=args.n_opt)  # fmt: skip
+    result = report(client, state, out, log_dir=args.log, n_opt=args.n_opt)
     if args.enforce and result["decision"] == "stop: guardrail":
         RolloutStore(client).stop(args.name)
     if args.json:

@@ -99,7 +99,7 @@ def stream_key(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class Served:
+class Exposure:
     """What a response showed, for the feedback check: items in order (position = index + 1),
     and for interleaving which team put each there ("a": champion, "b": challenger)."""
 
@@ -130,17 +130,17 @@ class EventLog:
         self._shadows: list[str] = []  # shadow records waiting for a ride (see `shadow`)
         self._shadows_since = 0.0
 
-    def impression(self, record: Mapping[str, Any], served: Served) -> None:
+    def impression(self, record: Mapping[str, Any], exposure: Exposure) -> None:
         """One round trip, one script: the impression entry, the served hash (what was shown,
         as one ",id,id," string, and its expiry), and the shadow records waiting. A script,
-        not a MULTI pipeline: the client sends one command (108 against 166 us of the API's
-        CPU, measured)."""
-        items = "," + ",".join(map(str, served.items)) + ","
+        not a MULTI pipeline: the client encodes and sends one command instead of five, on the
+        request's path."""
+        items = "," + ",".join(map(str, exposure.items)) + ","
         shadows, self._shadows = self._shadows, []
         self._impression(
-            keys=[stream_key(IMPRESSIONS), SERVED_PREFIX + served.request_id, stream_key(SHADOW)],
-            args=[_dumps(record), self.max_len, self.feedback_window_s, served.arm,
-                  served.experiment, served.teams, served.user_id, served.model, items,
+            keys=[stream_key(IMPRESSIONS), SERVED_PREFIX + exposure.request_id, stream_key(SHADOW)],
+            args=[_dumps(record), self.max_len, self.feedback_window_s, exposure.arm,
+                  exposure.experiment, exposure.teams, exposure.user_id, exposure.model, items,
                   *shadows],
         )  # fmt: skip
 
@@ -199,9 +199,7 @@ def read_stream(client: Any, name: str, count: int = 10_000) -> Iterator[dict[st
     while True:
         entries = client.xrange(stream_key(name), min=start, count=count)
         for entry_id, fields in entries:
-            record = json.loads(fields[b"json"] if b"json" in fields else fields["json"])
-            record["stream_id"] = _text(entry_id)
-            yield record
+            yield _record(_text(entry_id), fields)
         if len(entries) < count:
             return
         start = "(" + _text(entries[-1][0])
@@ -210,18 +208,26 @@ def read_stream(client: Any, name: str, count: int = 10_000) -> Iterator[dict[st
 # ---- export -------------------------------------------------------------------------------
 
 
+def _record(entry_id: str, fields: Mapping[Any, Any]) -> dict[str, Any]:
+    """An entry's record, with its stream id (clients may or may not decode field names)."""
+    record: dict[str, Any] = json.loads(fields[b"json"] if b"json" in fields else fields["json"])
+    record["stream_id"] = entry_id
+    return record
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ("ms-seq") as a tuple that sorts in stream order."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
 
 
 def _part_name(first: str, last: str) -> str:
     """Zero-padded so that file names sort in entry order."""
-    (a, b), (c, d) = _id_key(first), _id_key(last)
+    (a, b), (c, d) = entry_key(first), entry_key(last)
     return f"part-{a:015d}-{b:06d}-{c:015d}-{d:06d}.parquet"
 
 
@@ -267,11 +273,11 @@ def export(
                     break
                 ids = [_text(entry_id) for entry_id, _ in entries]
                 fresh = [(i, f) for i, (_, f) in zip(ids, entries, strict=True)
-                         if _id_key(i) > done]  # fmt: skip
+                         if entry_key(i) > done]  # fmt: skip
                 if fresh:
                     _write_part(folder, fresh, schema)
                     rows += len(fresh)
-                    done = _id_key(fresh[-1][0])
+                    done = entry_key(fresh[-1][0])
                 client.xack(key, EXPORT_GROUP, *ids)
                 if len(entries) < batch:  # caught up (under load: up to about now)
                     break
@@ -285,11 +291,7 @@ def _write_part(folder: Path, entries: list[tuple[str, Any]], schema: Any) -> No
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    records = []
-    for entry_id, fields in entries:
-        record = json.loads(fields.get(b"json") or fields.get("json"))
-        record["stream_id"] = entry_id
-        records.append(record)
+    records = [_record(entry_id, fields) for entry_id, fields in entries]
     table = pa.Table.from_pylist(records, schema=schema)
     final = folder / _part_name(entries[0][0], entries[-1][0])
     tmp = folder / f".tmp-{final.name}"
@@ -313,9 +315,9 @@ def _trim_acknowledged(client: Any, key: str) -> None:
         name = _text(group["name"])
         pending = client.xpending(key, name)
         if pending["pending"]:
-            keep.append(_id_key(_text(pending["min"])))
+            keep.append(entry_key(_text(pending["min"])))
         else:
-            ms, seq = _id_key(_text(group["last-delivered-id"]))
+            ms, seq = entry_key(_text(group["last-delivered-id"]))
             keep.append((ms, seq + 1))
     if keep:
         ms, seq = min(keep)

@@ -85,29 +85,30 @@ def prefix_sequences(
     Vectorised over every prefix; the half-width is infinite until each arm has 2."""
     v = np.asarray(values, dtype=np.float64)
     if is_treatment is None:
-        n = np.arange(1, len(v) + 1, dtype=np.float64)
-        s1, s2 = np.cumsum(v), np.cumsum(v * v)
-        mean = s1 / n
-        with np.errstate(divide="ignore", invalid="ignore"):
-            var = np.maximum(s2 - n * mean * mean, 0) / (n - 1)
+        n, mean, var = _prefix_moments(v, np.ones(len(v), dtype=bool))
+        with np.errstate(invalid="ignore"):
             half = np.sqrt(var) * boundary(n, alpha, n_opt)
         return mean, np.where(n >= 2, half, np.inf), n
     arm = np.asarray(is_treatment, dtype=bool)
-    stats = []
-    for mask in (arm, ~arm):
-        x = np.where(mask, v, 0.0)
-        k = np.cumsum(mask).astype(np.float64)
-        s1, s2 = np.cumsum(x), np.cumsum(x * x)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mean = s1 / k
-            var = np.maximum(s2 - k * mean * mean, 0) / (k - 1)
-        stats.append((k, mean, var))
-    (kt, mt, vt), (kc, mc, vc) = stats
+    (kt, mt, vt), (kc, mc, vc) = _prefix_moments(v, arm), _prefix_moments(v, ~arm)
     total = kt + kc
     with np.errstate(divide="ignore", invalid="ignore"):
         half = np.sqrt((vt / kt + vc / kc) * total) * boundary(total, alpha, n_opt)
     ok = (kt >= 2) & (kc >= 2)
     return np.where(ok, mt - mc, np.nan), np.where(ok, half, np.inf), total
+
+
+def _prefix_moments(
+    v: npt.NDArray[np.float64], mask: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Count, mean and sample variance of the masked values in every prefix."""
+    x = np.where(mask, v, 0.0)
+    k = np.cumsum(mask).astype(np.float64)
+    s1, s2 = np.cumsum(x), np.cumsum(x * x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = s1 / k
+        var = np.maximum(s2 - k * mean * mean, 0) / (k - 1)
+    return k, mean, var
 
 
 def running_interval(

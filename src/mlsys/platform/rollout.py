@@ -99,6 +99,16 @@ def assign(state: RolloutState, user_id: int) -> str:
     return CHALLENGER if bucket(state.experiment, user_id) < state.percent * 100 else CHAMPION
 
 
+def arm_for(state: RolloutState, user_id: int, request_id: str) -> str:
+    """Who answers a request: a canary or A/B user's arm, an interleaved answer for a request
+    in interleaving's share, else the champion (shadow mode always answers with it)."""
+    if state.mode in ("canary", "ab"):
+        return assign(state, user_id)
+    if state.mode == "interleave" and sampled(state, request_id):
+        return INTERLEAVED
+    return CHAMPION
+
+
 def sampled(state: RolloutState, request_id: str) -> bool:
     """Whether shadow or interleave mode takes this request (`percent` of requests, by
     request id)."""

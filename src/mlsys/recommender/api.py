@@ -39,11 +39,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mlsys.platform.event_log import SHADOW_FLUSH_S, EventLog, Served
-from mlsys.platform.live_model import LiveModel
-from mlsys.platform.live_model import Served as Served_
+from mlsys.platform.event_log import SHADOW_FLUSH_S, EventLog, Exposure
+from mlsys.platform.live_model import LiveModel, Served
 from mlsys.platform.openapi import Operation, Param
-from mlsys.platform.registry import parse_model_uri
 from mlsys.platform.rollout import (
     CHALLENGER,
     CHAMPION,
@@ -51,7 +49,7 @@ from mlsys.platform.rollout import (
     Active,
     RolloutFollower,
     RolloutStore,
-    assign,
+    arm_for,
     hash_id,
     sampled,
 )
@@ -247,8 +245,8 @@ def component(settings: Settings) -> Component:
         else connect(settings.log_redis_url, timeout_s=settings.redis_timeout_s)
     )
     events = EventLog(log_client, settings.log_max_len, settings.feedback_window_s)
-    rollout = _follow_rollout(settings, log_client)
     model_name = live.ref.name if live.ref is not None else "ranknet"
+    rollout = None if live.ref is None else _follow_rollout(model_name, settings, log_client)
 
     async def recommend(request: Request) -> Response:
         try:
@@ -261,21 +259,21 @@ def component(settings: Settings) -> Component:
         started = time.perf_counter()
         # Read once: one request, one model version per arm, one rollout state.
         active = rollout.current if rollout is not None else None
+        request_id: str = request.scope["state"]["request_id"]
         try:
             rows = store.fetch(user_id, query.candidate_ids)
         except redis_errors as exc:
-            failed(active, user_id)
+            failed(active, user_id, request_id)
             return _unavailable(exc)
         FEATURE_FETCH.observe(time.perf_counter() - started)
         if rows.user is None:
             body = {"error": "unknown_user", "user_id": user_id, "message": "user not found"}
             return JSONResponse(body, status_code=404)
         champion = live.current
-        request_id: str = request.scope["state"]["request_id"]
         try:
             got = answer(active, champion, query, rows, request_id)
         except Exception:  # a 500: counted against the arm that was to answer, then raised
-            failed(active, user_id)
+            failed(active, user_id, request_id)
             raise
         ranking, arm, label = got.ranking, got.arm, got.label
         CANDIDATES.labels("requested").inc(ranking.candidates)
@@ -300,7 +298,7 @@ def component(settings: Settings) -> Component:
             try:
                 events.impression(
                     record,
-                    Served(
+                    Exposure(
                         request_id, user_id, arm, got.experiment, label, record["ids"], got.teams
                     ),
                 )
@@ -321,7 +319,7 @@ def component(settings: Settings) -> Component:
 
     def answer(
         active: Experiment | None,
-        champion: Served_[Model],
+        champion: Served[Model],
         query: Query,
         rows: Rows,
         request_id: str,
@@ -332,7 +330,8 @@ def component(settings: Settings) -> Component:
             return Answer(order(query, reach, champion.model.scorer), CHAMPION, champion.label)
         state, challenger = active.state, active.challenger.current
         exp, mode, other = state.experiment, state.mode, challenger.label
-        if mode == "interleave" and sampled(state, request_id):
+        arm = arm_for(state, query.user_id, request_id)
+        if arm == INTERLEAVED:
             first = order(query, reach, champion.model.scorer)
             second = order(query, reach, challenger.model.scorer)
             merged, teams = interleave(first, second, query.size, seed=hash_id(request_id))
@@ -341,7 +340,7 @@ def component(settings: Settings) -> Component:
                 arms_agree=bool(np.array_equal(first.ids, second.ids)), experiment=exp, mode=mode,
                 challenger=other,
             )  # fmt: skip
-        if mode in ("canary", "ab") and assign(state, query.user_id) == CHALLENGER:
+        if arm == CHALLENGER:
             return Answer(
                 order(query, reach, challenger.model.scorer), CHALLENGER, challenger.label,
                 experiment=exp, mode=mode, challenger=other,
@@ -357,18 +356,14 @@ def component(settings: Settings) -> Component:
             background=background, experiment=exp, mode=mode, challenger=other,
         )  # fmt: skip
 
-    def failed(active: Experiment | None, user_id: int) -> None:
+    def failed(active: Experiment | None, user_id: int, request_id: str) -> None:
         """A request of an experiment that got no answer, counted for the arm it was assigned
         (the canary guardrail's error rate); the log's own failure must not hide the first."""
         if active is None:
             return
-        state = active.state
-        if state.mode == "interleave":
-            arm = INTERLEAVED
-        else:
-            arm = assign(state, user_id) if state.mode in ("canary", "ab") else CHAMPION
+        arm = arm_for(active.state, user_id, request_id)
         with contextlib.suppress(*redis_errors):
-            events.error(state.experiment, arm)
+            events.error(active.state.experiment, arm)
 
     async def shadow(
         request_id: str, query: Query, reach: Reachable, label: str, model: Model, champion: str,
@@ -558,25 +553,21 @@ class Answer:
 
 
 def _follow_rollout(
-    settings: Settings, log_client: Any
-) -> RolloutFollower[LiveModel[Model]] | None:
+    name: str, settings: Settings, log_client: Any
+) -> RolloutFollower[LiveModel[Model]]:
     """Follow the model name's rollout state; only a model served by registry alias has one
     (a challenger is another alias of the same name)."""
-    assert settings.model_dir is not None
-    ref = parse_model_uri(settings.model_dir)
-    if ref is None:
-        return None
 
     def load_challenger(alias: str) -> LiveModel[Model]:
         challenger = LiveModel(
-            f"models:/{ref.name}@{alias}", load_model, kind="ranknet", probe=probe,
+            f"models:/{name}@{alias}", load_model, kind="ranknet", probe=probe,
             refresh_s=settings.model_refresh_s,
         )  # fmt: skip
         challenger.start()
         return challenger
 
     follower = RolloutFollower(
-        RolloutStore(log_client), ref.name, load_challenger, lambda m: m.stop(),
+        RolloutStore(log_client), name, load_challenger, lambda m: m.stop(),
         refresh_s=settings.rollout_refresh_s,
     )  # fmt: skip
     follower.start()

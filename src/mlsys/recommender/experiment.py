@@ -38,6 +38,7 @@ from mlsys.platform.event_log import (
     CLICKS,
     IMPRESSIONS,
     SHADOW,
+    entry_key,
     read_errors,
     read_parts,
     read_stream,
@@ -73,10 +74,7 @@ def load_log(client: Any, name: str, log_dir: str | Path | None) -> list[dict[st
             records.extend(table.to_pylist())
         after = watermark(folder)
     if client is not None:
-        for record in read_stream(client, name):
-            ms, _, seq = record["stream_id"].partition("-")
-            if (int(ms), int(seq)) > after:
-                records.append(record)
+        records.extend(r for r in read_stream(client, name) if entry_key(r["stream_id"]) > after)
     return records
 
 
@@ -90,7 +88,7 @@ def analyse(
 ) -> dict[str, Any]:
     n_opt = n_opt or N_OPT_BY_MODE.get(state.mode, N_OPT)
     mine = [r for r in impressions if r["experiment"] == state.experiment]
-    mine.sort(key=lambda r: _order(r["stream_id"]))
+    mine.sort(key=lambda r: entry_key(r["stream_id"]))
     by_request: dict[str, Counter[str]] = {}
     for c in clicks:
         if c["experiment"] == state.experiment:
@@ -114,11 +112,6 @@ def analyse(
     else:
         out.update(_shadow(mine, shadow, by_request))
     return out
-
-
-def _order(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _p95(values: list[float]) -> float | None:
@@ -286,16 +279,13 @@ def _shadow(
 
 def report(
     client: Any,
-    model: str,
+    state: RolloutState,
     out_dir: str | Path,
     *,
-    experiment: str | None = None,
     log_dir: str | Path | None = None,
     n_opt: float | None = None,
 ) -> dict[str, Any]:
-    from mlsys.platform.rollout import RolloutStore
-
-    state = RolloutStore(client).experiment(model, experiment)
+    """Analyse the experiment `state` (`RolloutStore.experiment`) and write its report."""
     result = analyse(
         state,
         load_log(client, IMPRESSIONS, log_dir),

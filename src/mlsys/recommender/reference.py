@@ -58,9 +58,7 @@ def write_reference(
     restaurant_ids = np.concatenate(restaurants)[:rows]
     u = tables.users[user_ids]
     r = tables.restaurants[restaurant_ids]
-    hidden = r.astype(np.float64) @ scorer.mr_t + (u.astype(np.float64) @ scorer.mu.T + scorer.c)
-    np.maximum(hidden, 0.0, out=hidden)
-    scores = 1.0 / (1.0 + np.exp(-(hidden @ scorer.w3 + scorer.b3)))
+    scores = scorer.scores(scorer.user_part(u), r)  # row i: user i with restaurant i
     features = np.concatenate([u, r], axis=1)
     columns: dict[str, Any] = {name: features[:, j] for j, name in enumerate(reference_columns())}
     columns["score"] = scores

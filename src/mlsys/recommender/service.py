@@ -61,8 +61,9 @@ class Scorer:
         self.b3 = float(b3.reshape(-1)[0])
 
     def user_part(self, user: npt.NDArray[Any]) -> Float64Array:
-        """Mu u + c: the user's share of the hidden layer, computed once per request."""
-        out: Float64Array = self.mu @ user.astype(np.float64) + self.c
+        """Mu u + c: the user's share of the hidden layer, computed once per request. Also
+        for a (n x 30) matrix of users, one row each (`scores` then pairs row with row)."""
+        out: Float64Array = user.astype(np.float64) @ self.mu.T + self.c
         return out
 
     def scores(self, hu: Float64Array, restaurants: npt.NDArray[Any]) -> Float64Array:

@@ -49,6 +49,17 @@ def examination(n: int) -> npt.NDArray[np.float64]:
     return out
 
 
+def clicks(
+    logits: npt.NDArray[np.float64], rng: np.random.Generator, draws: int | None = None
+) -> npt.NDArray[np.bool_]:
+    """The click rule on one shown list (logits in position order): a boolean per position,
+    or `draws` independent rows of them."""
+    size = logits.shape if draws is None else (draws, len(logits))
+    noisy = _sigmoid(logits + rng.normal(0.0, SCORE_NOISE, size=size))
+    out: npt.NDArray[np.bool_] = rng.random(size) < examination(len(logits)) * noisy
+    return out
+
+
 @dataclass
 class ArmTally:
     requests: int = 0
@@ -177,10 +188,8 @@ async def _run(
             rng = np.random.default_rng([seed, i])
             logit = population.logits(user, items)
             p = _sigmoid(logit)
-            noisy = _sigmoid(logit + rng.normal(0.0, SCORE_NOISE, size=len(items)))
             exam = examination(len(items))
-            clicked = [it for it, c in zip(items, rng.random(len(items)) < exam * noisy,
-                                           strict=True) if c]  # fmt: skip
+            clicked = [it for it, c in zip(items, clicks(logit, rng), strict=True) if c]
             tally.impressions += 1
             tally.items += len(items)
             tally.expected += float(exam @ p)
