@@ -33,6 +33,7 @@ SMALL_REFERENCE = 1000  # Evidently: tests up to this many reference rows, dista
 CATEGORICAL_MAX_VALUES = 5
 P_THRESHOLD = 0.05
 DISTANCE_THRESHOLD = 0.1
+P_VALUE_METHODS = ("ks", "chisquare")  # drift when small; the distances when large
 
 Array = npt.NDArray[np.float64]
 
@@ -43,10 +44,6 @@ class ColumnDrift:
     statistic: float  # a p-value for the tests, a distance for the distances
     threshold: float
     drifted: bool
-
-    @property
-    def higher_is_drift(self) -> bool:
-        return self.method in ("wasserstein", "jensenshannon")
 
 
 def is_categorical(values: npt.ArrayLike) -> bool:
@@ -91,11 +88,11 @@ def statistic(method: str, reference: npt.ArrayLike, current: npt.ArrayLike) -> 
 
 
 def drifted(method: str, value: float, threshold: float) -> bool:
-    return value < threshold if method in ("ks", "chisquare") else value > threshold
+    return value < threshold if method in P_VALUE_METHODS else value > threshold
 
 
 def fixed_threshold(method: str) -> float:
-    return P_THRESHOLD if method in ("ks", "chisquare") else DISTANCE_THRESHOLD
+    return P_THRESHOLD if method in P_VALUE_METHODS else DISTANCE_THRESHOLD
 
 
 def column_drift(
@@ -136,7 +133,7 @@ def calibrate(
         chunk, rest = ref[pick[:window]], ref[pick[window:]]
         values.append(statistic(method, rest, chunk))
     fixed = fixed_threshold(method)
-    if method in ("ks", "chisquare"):
+    if method in P_VALUE_METHODS:
         return min(fixed, float(np.quantile(values, 1 - quantile)) / margin)
     return max(fixed, float(np.quantile(values, quantile)) * margin)
 
