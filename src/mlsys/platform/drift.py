@@ -24,6 +24,7 @@ The statistics are scipy's (`ks_2samp`, `chisquare`, `wasserstein_distance`,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,19 +124,38 @@ def calibrate(
     point between the two most extreme ones.
     """
     ref = np.asarray(reference, dtype=np.float64)
-    if window >= len(ref) // 2:
-        raise ValueError(f"a window of {window} needs a reference of more than {2 * window} rows")
+    picks = _chunk_picks(len(ref), window, chunks, seed)
     method = method_for(ref)
+    values = _chunk_statistics(method, ref, window, picks)
+    return _widen(method, _quantile(method, values, quantile), margin)
+
+
+def _chunk_picks(n: int, window: int, chunks: int, seed: int) -> list[npt.NDArray[np.intp]]:
+    if window >= n // 2:
+        raise ValueError(f"a window of {window} needs a reference of more than {2 * window} rows")
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(chunks):
-        pick = rng.permutation(len(ref))
-        chunk, rest = ref[pick[:window]], ref[pick[window:]]
-        values.append(statistic(method, rest, chunk))
+    return [rng.permutation(n) for _ in range(chunks)]
+
+
+def _chunk_statistics(
+    method: str, ref: Array, window: int, picks: list[npt.NDArray[np.intp]]
+) -> Array:
+    """Each chunk (the first `window` rows of a pick) against the rest of the reference."""
+    return np.asarray([statistic(method, ref[pick[window:]], ref[pick[:window]]) for pick in picks])
+
+
+def _quantile(method: str, values: Array, quantile: float) -> float:
+    """How drifted the `quantile` most drifted chunk looks."""
+    q = 1 - quantile if method in P_VALUE_METHODS else quantile
+    return float(np.quantile(values, q))
+
+
+def _widen(method: str, threshold: float, factor: float) -> float:
+    """`threshold` made `factor` times stricter to reach, never looser than the fixed one."""
     fixed = fixed_threshold(method)
     if method in P_VALUE_METHODS:
-        return min(fixed, float(np.quantile(values, 1 - quantile)) / margin)
-    return max(fixed, float(np.quantile(values, quantile)) * margin)
+        return min(fixed, threshold / factor)
+    return max(fixed, threshold * factor)
 
 
 def dataset_drift(columns: dict[str, ColumnDrift], share: float = 0.5) -> bool:
@@ -143,3 +163,78 @@ def dataset_drift(columns: dict[str, ColumnDrift], share: float = 0.5) -> bool:
     if not columns:
         return False
     return sum(c.drifted for c in columns.values()) >= share * len(columns)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What a window is judged against: reference columns, and per column the threshold
+    calibrated for the number of values a window brings of it."""
+
+    columns: dict[str, Array]
+    thresholds: dict[str, float]
+    sizes: dict[str, int]
+
+
+def baseline(
+    reference: Mapping[str, npt.ArrayLike],
+    sizes: Mapping[str, int],
+    chunks: int = 200,
+    quantile: float = 0.995,
+    family_quantile: float = 0.99,
+    margin: float = 1.25,
+    seed: int = 0,
+) -> Baseline:
+    """Calibrate every column of `reference` for windows of `sizes[column]` values, so that a
+    whole window, not each column, rarely alarms.
+
+    A window alarms when any of its columns does, so with 40 columns each at 0.5 % a window
+    would alarm about 20 % of the time. When the columns are rows of one table (the same
+    length and window size) the chunks take the same rows from every column, as a window
+    does: each column's threshold starts at its `quantile` point, then all are widened by
+    the factor that keeps the `family_quantile` of the chunks' worst column below threshold,
+    and by `margin`. Otherwise each column is calibrated alone (`calibrate`).
+    """
+    columns = {k: np.asarray(v, dtype=np.float64) for k, v in reference.items()}
+    names = list(columns)
+    lengths = {len(columns[k]) for k in names}
+    windows = {int(sizes[k]) for k in names}
+    if len(lengths) != 1 or len(windows) != 1:
+        thresholds = {k: calibrate(columns[k], sizes[k], chunks, quantile, margin, seed)
+                      for k in names}  # fmt: skip
+        return Baseline(columns, thresholds, {k: int(sizes[k]) for k in names})
+    window = windows.pop()
+    picks = _chunk_picks(lengths.pop(), window, chunks, seed)
+    methods = {k: method_for(columns[k]) for k in names}
+    values = {k: _chunk_statistics(methods[k], columns[k], window, picks) for k in names}
+    start = {k: _quantile(methods[k], values[k], quantile) for k in names}
+    worst = np.max(
+        [[severity(ColumnDrift(methods[k], v, start[k], False)) for v in values[k]] for k in names],
+        axis=0,
+    )  # per chunk, its most drifted column, relative to that column's start
+    family = max(1.0, float(np.quantile(worst, family_quantile)))
+    thresholds = {k: _widen(methods[k], start[k], family * margin) for k in names}
+    return Baseline(columns, thresholds, dict.fromkeys(names, window))
+
+
+def window_drift(
+    base: Baseline, current: Mapping[str, npt.ArrayLike], min_share: float = 0.5
+) -> dict[str, ColumnDrift]:
+    """Each column's drift in one window. A column with fewer than `min_share` of the values
+    it was calibrated for is left out: its calibrated threshold would not hold."""
+    out = {}
+    for name, values in current.items():
+        if name not in base.columns:
+            continue
+        cur = np.asarray(values, dtype=np.float64)
+        if len(cur) < min_share * base.sizes[name]:
+            continue
+        out[name] = column_drift(base.columns[name], cur, base.thresholds[name])
+    return out
+
+
+def severity(result: ColumnDrift) -> float:
+    """How far past its threshold a column is, on one scale for every method: above 1 is
+    drift (a distance over its threshold; for a p-value, the threshold over it)."""
+    if result.method in P_VALUE_METHODS:
+        return result.threshold / max(result.statistic, 1e-300)
+    return result.statistic / result.threshold

@@ -193,9 +193,12 @@ def read_errors(client: Any, experiment: str) -> dict[str, int]:
     return {_text(k): int(v) for k, v in raw.items()}
 
 
-def read_stream(client: Any, name: str, count: int = 10_000) -> Iterator[dict[str, Any]]:
-    """Every record still in a stream, oldest first, without a consumer group (the report)."""
-    start = "-"
+def read_stream(
+    client: Any, name: str, count: int = 10_000, after: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every record still in a stream (after entry id `after`, if given), oldest first,
+    without a consumer group (the reports and the monitor)."""
+    start = "-" if after is None else "(" + after
     while True:
         entries = client.xrange(stream_key(name), min=start, count=count)
         for entry_id, fields in entries:

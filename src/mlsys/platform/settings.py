@@ -46,6 +46,9 @@ class Settings:
     log_max_len: int = 1_000_000
     feedback_window_s: int = 600
     rollout_refresh_s: float = 1.0
+    # Share of logged answers that carry one scored input row and its score, which the drift
+    # monitor compares with the model's training reference (about 0.4 KB per answer).
+    monitor_sample: float = 1.0
 
     def to_env(self) -> dict[str, str]:
         """The variables `from_env` reads back; None values are left out."""

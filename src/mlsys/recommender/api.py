@@ -29,7 +29,7 @@ import hmac
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 import numpy as np
@@ -75,7 +75,7 @@ from mlsys.recommender.features import (
     set_restaurant,
     set_user,
 )
-from mlsys.recommender.impressions import impression, interleave
+from mlsys.recommender.impressions import impression, interleave, scored_sample
 from mlsys.recommender.model import RESTAURANT_FEATURES, USER_FEATURES
 from mlsys.recommender.service import (
     Model,
@@ -294,6 +294,7 @@ def component(settings: Settings) -> Component:
                 request_id, query, ranking, experiment=got.experiment, mode=got.mode, arm=arm,
                 model=label, champion=champion.label, challenger=got.challenger, teams=got.teams,
                 arms_agree=got.arms_agree, server_ms=(time.perf_counter() - started) * 1e3,
+                reachable=got.reachable, sample=got.sample,
             )  # fmt: skip
             try:
                 events.impression(
@@ -326,6 +327,25 @@ def component(settings: Settings) -> Component:
     ) -> Answer:
         """Who answers under the rollout state, and their ranking (see rollout.py)."""
         reach = reachable(query, rows)
+        got = _choose(active, champion, query, reach, request_id)
+        if not settings.log_impressions or not monitored(request_id):
+            return replace(got, reachable=len(reach.ids))
+        # The monitor's row is scored by the model that answered (the champion when both did).
+        by = active.challenger.current if active and got.arm == CHALLENGER else champion
+        sample = scored_sample(hash_id(request_id), reach, by.model.scorer, by.label)
+        return replace(got, reachable=len(reach.ids), sample=sample)
+
+    def monitored(request_id: str) -> bool:
+        share = settings.monitor_sample
+        return share >= 1 or hash_id("monitor:" + request_id) % 10_000 < share * 10_000
+
+    def _choose(
+        active: Experiment | None,
+        champion: Served[Model],
+        query: Query,
+        reach: Reachable,
+        request_id: str,
+    ) -> Answer:
         if active is None:
             return Answer(order(query, reach, champion.model.scorer), CHAMPION, champion.label)
         state, challenger = active.state, active.challenger.current
@@ -550,6 +570,8 @@ class Answer:
     teams: str = ""  # interleaving: per position, "a" champion or "b" challenger
     arms_agree: bool | None = None  # interleaving: both arms ranked alike
     background: BackgroundTask | None = None  # shadow scoring, after the answer
+    reachable: int = 0  # candidates within max_dist, all scored
+    sample: dict[str, Any] | None = None  # the monitor's scored row (impressions.scored_sample)
 
 
 def _follow_rollout(

@@ -24,6 +24,24 @@ def add_commands(verbs: Verbs) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing dataset")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
 
+    p = verbs.add("generate", "drift", _generate_drift,
+                  "write a drifted copy of a dataset (same ids) to test monitoring")  # fmt: skip
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--kind", required=True,
+                   choices=("covariate", "concept", "prior", "new-restaurants"),
+                   help="covariate: user f00-f04 move; concept: a new click rule; prior: fewer "
+                   "clicks; new-restaurants: part of the catalogue redrawn")  # fmt: skip
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="covariate: shift in standard deviations (0.5); new-restaurants: share "
+        "redrawn (0.3); concept: share of taste moved (1.0); prior: logit bias (1.0)",
+    )
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
+
     p = verbs.add("validate", "data", _validate_data, "validate a click dataset directory")
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument(
@@ -51,6 +69,19 @@ def _generate_clicks(args: argparse.Namespace) -> int:
     )
     dataset = open_dataset(args.out_dir)
     print(summary(dataset, seconds=manifest["seconds"]))
+    return 0
+
+
+def _generate_drift(args: argparse.Namespace) -> int:
+    from mlsys.recommender.drift_scenarios import generate_drift
+
+    manifest = generate_drift(
+        args.data_dir, args.out_dir, args.kind, args.strength, seed=args.seed, force=args.force
+    )
+    drift = manifest["drift"]
+    shifted = ", ".join(drift["shifted_features"]) or "none (the click rule moved)"
+    print(f"{args.out_dir}: {drift['kind']} drift, strength {drift['strength']:g}, in "
+          f"{manifest['seconds']} s; features moved: {shifted}")  # fmt: skip
     return 0
 
 

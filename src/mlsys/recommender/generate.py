@@ -8,6 +8,8 @@ distribution, a different draw order, and files that can be written in parallel.
 
 Click rule, per row: user ~ U{0..n_users-1}, restaurant ~ U{0..n_restaurants-1},
 score = user.f00..f09 . restaurant.f00..f09 + N(0, 0.1), click ~ Bernoulli(sigmoid(score)).
+`ClickRule` writes that rule down so that a drifted world (`drift_scenarios.py`) can change it:
+a user's taste is `user_features @ taste` (the kit: the first 10 columns), plus a bias.
 
 Everything is written to a hidden sibling directory and renamed into place at the end, so an
 interrupted run never leaves a half dataset under the requested name.
@@ -126,9 +128,61 @@ def _write_feature_table(
             writer.close()
 
 
+@dataclass(frozen=True)
+class ClickRule:
+    """logit = (user_features @ taste) . restaurant_features + bias + N(0, SCORE_NOISE).
+
+    `taste` is (30, 10): which user features meet which restaurant feature. The kit's rule is
+    the identity on the first 10 user features and bias 0; a drifted world stores its own in
+    manifest.json under `click_rule`.
+    """
+
+    taste: tuple[tuple[float, ...], ...]
+    bias: float = 0.0
+
+    @classmethod
+    def kit(cls) -> ClickRule:
+        eye = np.zeros((len(USER_FEATURES), len(RESTAURANT_FEATURES)))
+        eye[: len(RESTAURANT_FEATURES)] = np.eye(len(RESTAURANT_FEATURES))
+        return cls.from_matrix(eye)
+
+    @classmethod
+    def from_matrix(cls, taste: npt.NDArray[np.float64], bias: float = 0.0) -> ClickRule:
+        return cls(tuple(tuple(float(x) for x in row) for row in taste), float(bias))
+
+    @classmethod
+    def of(cls, manifest: dict[str, Any] | None) -> ClickRule:
+        rule = (manifest or {}).get("click_rule")
+        if rule is None:
+            return cls.kit()
+        return cls.from_matrix(np.asarray(rule["taste"], dtype=np.float64), rule["bias"])
+
+    @property
+    def matrix(self) -> npt.NDArray[np.float64]:
+        return np.asarray(self.taste, dtype=np.float64)
+
+    @property
+    def user_columns(self) -> int:
+        """How many leading user features the rule reads (10 for the kit's)."""
+        used = np.flatnonzero(np.abs(self.matrix).sum(axis=1))
+        return int(used.max()) + 1 if len(used) else 0
+
+    def tastes(self, users: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """(n, 10) taste vectors from the first `user_columns` features of each user."""
+        m = self.matrix[: users.shape[1]]
+        if np.array_equal(m, np.eye(*m.shape)):
+            return np.ascontiguousarray(users[:, : m.shape[1]])  # the kit's: no copy math
+        out: npt.NDArray[np.float32] = (users.astype(np.float64) @ m).astype(np.float32)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"taste": [list(row) for row in self.taste], "bias": self.bias}
+
+
 # Worker state, inherited through fork so the feature tables are not pickled per task.
 _USERS10: npt.NDArray[np.float32] | None = None
 _RESTAURANTS: npt.NDArray[np.float32] | None = None
+_BIAS = 0.0
 
 
 def draw_clicks(
@@ -136,12 +190,14 @@ def draw_clicks(
     rows: int,
     users10: npt.NDArray[np.float32],
     restaurants: npt.NDArray[np.float32],
+    bias: float = 0.0,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """The kit's click rule, vectorised over `rows` rows."""
+    """The click rule, vectorised over `rows` rows; `users10` are the users' tastes
+    (`ClickRule.tastes`: the first 10 features under the kit's rule)."""
     user = rng.integers(0, len(users10), size=rows, dtype=np.int64)
     restaurant = rng.integers(0, len(restaurants), size=rows, dtype=np.int64)
     score = np.einsum("ij,ij->i", users10[user], restaurants[restaurant], dtype=np.float64)
-    score += rng.normal(0.0, SCORE_NOISE, size=rows)
+    score += bias + rng.normal(0.0, SCORE_NOISE, size=rows)
     p = 1.0 / (1.0 + np.exp(-score))
     click = (rng.random(rows) < p).astype(np.int64)
     return user, restaurant, click
@@ -151,7 +207,7 @@ def _write_click_file(task: tuple[Path, str, int, int, int]) -> tuple[str, int, 
     path, split, index, rows, seed = task
     assert _USERS10 is not None and _RESTAURANTS is not None
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
-    user, restaurant, click = draw_clicks(rng, rows, _USERS10, _RESTAURANTS)
+    user, restaurant, click = draw_clicks(rng, rows, _USERS10, _RESTAURANTS, _BIAS)
     table = pa.table({"user_id": user, "restaurant_id": restaurant, "click": click})
     pq.write_table(table, path)
     return str(path), rows, path.stat().st_size, sha256_file(path)
@@ -212,10 +268,45 @@ def generate_clicks(
     return manifest
 
 
+def write_click_files(
+    root: Path,
+    splits: tuple[tuple[str, int, int], ...],
+    tastes: npt.NDArray[np.float32],
+    restaurants: npt.NDArray[np.float32],
+    bias: float,
+    seed: int,
+    workers: int | None,
+    bar: Any,
+) -> dict[str, dict[str, Any]]:
+    """Write ROOT/SPLIT/SPLIT_NN.parquet for each (split, rows, files) by the click rule
+    (`tastes`, `bias`); returns their manifest entries."""
+    global _USERS10, _RESTAURANTS, _BIAS
+    tasks: list[tuple[Path, str, int, int, int]] = []
+    for split, rows, n_files in splits:
+        (root / split).mkdir(exist_ok=True)
+        for i, file_rows in enumerate(_even_split(rows, n_files)):
+            tasks.append((root / split / f"{split}_{i:02d}.parquet", split, i, file_rows, seed))
+    _USERS10, _RESTAURANTS, _BIAS = tastes, restaurants, bias
+    files: dict[str, dict[str, Any]] = {}
+    n_workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+    try:
+        with mp.get_context("fork").Pool(n_workers, initializer=ignore_sigint) as pool:
+            for path, rows, size, digest in pool.imap_unordered(_write_click_file, tasks):
+                files[str(Path(path).relative_to(root))] = {
+                    "rows": rows,
+                    "bytes": size,
+                    "sha256": digest,
+                }
+                bar.update(rows)
+    finally:
+        _USERS10 = _RESTAURANTS = None
+        _BIAS = 0.0
+    return files
+
+
 def _generate_into(
     root: Path, scale: str, sizes: Scale, seed: int, workers: int | None, progress: bool
 ) -> dict[str, Any]:
-    global _USERS10, _RESTAURANTS
     click_rows = sizes.train_rows + sizes.test_rows
     total = sizes.users + sizes.restaurants + click_rows + sizes.requests
     bar = tqdm(
@@ -247,26 +338,11 @@ def _generate_into(
     bar.update(sizes.restaurants)
 
     # 3. Click files, in parallel worker processes that share the tables through fork.
-    tasks: list[tuple[Path, str, int, int, int]] = []
-    for split, rows, n_files in (
+    splits = (
         ("train", sizes.train_rows, sizes.train_files),
         ("test", sizes.test_rows, sizes.test_files),
-    ):
-        for i, file_rows in enumerate(_even_split(rows, n_files)):
-            tasks.append((root / split / f"{split}_{i:02d}.parquet", split, i, file_rows, seed))
-    _USERS10, _RESTAURANTS = users10, restaurants
-    n_workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
-    try:
-        with mp.get_context("fork").Pool(n_workers, initializer=ignore_sigint) as pool:
-            for path, rows, size, digest in pool.imap_unordered(_write_click_file, tasks):
-                files[str(Path(path).relative_to(root))] = {
-                    "rows": rows,
-                    "bytes": size,
-                    "sha256": digest,
-                }
-                bar.update(rows)
-    finally:
-        _USERS10 = _RESTAURANTS = None
+    )
+    files.update(write_click_files(root, splits, users10, restaurants, 0.0, seed, workers, bar))
 
     # 4. Requests for the load test.
     pq.write_table(_requests_table(sizes, seed), root / REQUESTS_FILE)

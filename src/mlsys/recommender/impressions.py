@@ -6,6 +6,13 @@ order with their scores (position = index + 1). For interleaving, `teams` says p
 which arm put the restaurant there ("a" champion, "b" challenger), and `arms_agree` whether both
 arms ranked alike (then the answer can show no preference). The parquet schemas below
 are what `mlsys log export` writes: the analysis reads those columns and nothing else.
+
+For the drift monitor (`monitor.py`) an impression also carries a sample of what the model
+saw: one reachable candidate, drawn from the request id, as the scored row (the user's 30
+features and the restaurant's 10, in `reference.reference_columns()` order), its click
+probability under the model that scored it, and its distance. One row per answer, drawn
+uniformly from what was scored (not from what was shown, which the ranking selects), is what
+the training reference's uniform user-restaurant pairs compare with.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mlsys.platform.rollout import team_draft
-from mlsys.recommender.service import Query, Ranking
+from mlsys.recommender.service import Query, Ranking, Reachable, Scorer
 
 
 def schemas() -> dict[str, Any]:
@@ -46,7 +53,12 @@ def schemas() -> dict[str, Any]:
             ("max_dist", pa.float64()),
             ("sort_dist", pa.bool_()),
             ("candidates", pa.int64()),
+            ("reachable", pa.int64()),
             ("server_ms", pa.float64()),
+            ("sample", pa.list_(pa.float32())),
+            ("sample_score", pa.float64()),
+            ("sample_model", pa.string()),
+            ("sample_distance", pa.float64()),
         ]
     )
     clicks = pa.schema(
@@ -102,6 +114,22 @@ def interleave(first: Ranking, second: Ranking, size: int, seed: int) -> tuple[R
     return merged, teams
 
 
+def scored_sample(seed: int, reach: Reachable, scorer: Scorer, label: str) -> dict[str, Any] | None:
+    """One reachable candidate (index `seed` mod their count) as the monitor sees it."""
+    if not len(reach.ids):
+        return None
+    j = seed % len(reach.ids)
+    row = reach.features[j : j + 1]
+    score = float(scorer.scores(scorer.user_part(reach.user), row)[0])
+    features = np.concatenate([np.asarray(reach.user, dtype=np.float64), row[0]])
+    return {
+        "sample": np.round(features, 5).tolist(),
+        "sample_score": round(score, 6),
+        "sample_model": label,
+        "sample_distance": round(float(reach.displacement[j]), 1),
+    }
+
+
 def impression(
     request_id: str,
     query: Query,
@@ -116,6 +144,8 @@ def impression(
     teams: str,
     arms_agree: bool | None,
     server_ms: float,
+    reachable: int,
+    sample: dict[str, Any] | None,
 ) -> dict[str, Any]:
     return {
         "request_id": request_id,
@@ -137,5 +167,7 @@ def impression(
         "max_dist": query.max_dist,
         "sort_dist": query.sort_dist,
         "candidates": len(query.candidate_ids),
+        "reachable": reachable,
         "server_ms": round(server_ms, 3),
+        **(sample or {}),
     }

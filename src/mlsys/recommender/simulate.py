@@ -8,10 +8,12 @@ user clicks:
     click ~ Bernoulli( examination(position) * sigmoid(user.f00..f09 . restaurant.f00..f09 + e) ),
     e ~ N(0, 0.1) per shown restaurant (generate.py's noise), examination(p) = 1 / log2(1 + p),
 
-the position-based examination model behind DCG: a user looks at position p with probability
-1/log2(1+p) (1 at the top, 0.5 at 3, 0.25 at 15). An answer returns nearly every candidate in
-reach (median 39), so without examination every ranking of the same set would earn the same
-clicks; with it, the order is what the model changes. Each click is posted to /feedback.
+(in a drifted world from `mlsys generate drift`, by the rule in its manifest instead: see
+`generate.ClickRule`), the position-based examination model behind DCG: a user looks at
+position p with probability 1/log2(1+p) (1 at the top, 0.5 at 3, 0.25 at 15). An answer
+returns nearly every candidate in reach (median 39), so without examination every ranking of
+the same set would earn the same clicks; with it, the order is what the model changes. Each
+click is posted to /feedback.
 
 Because the truth is known, the simulator also reports, per arm, the expected clicks of what was
 shown (`expected_ctr`: the sum of examination * true probability, noise-free, averaged over
@@ -40,7 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mlsys.errors import MlsysError
-from mlsys.recommender.generate import SCORE_NOISE
+from mlsys.recommender.generate import SCORE_NOISE, ClickRule
 
 
 def examination(n: int) -> npt.NDArray[np.float64]:
@@ -95,13 +97,14 @@ class Population:
     users: npt.NDArray[np.int64]
     bodies: list[bytes]
     sort_dist: npt.NDArray[np.bool_]
-    users10: npt.NDArray[np.float32]
+    tastes: npt.NDArray[np.float32]  # ClickRule.tastes: the kit's, the first 10 features
     restaurants10: npt.NDArray[np.float32]
+    bias: float = 0.0
 
     def logits(self, user: int, items: list[int]) -> npt.NDArray[np.float64]:
-        """user . restaurant over the first 10 features: the click rule's logit."""
-        logit = self.restaurants10[items].astype(np.float64) @ self.users10[user].astype(np.float64)
-        out: npt.NDArray[np.float64] = logit
+        """taste . restaurant + bias: the click rule's logit, noise-free."""
+        logit = self.restaurants10[items].astype(np.float64) @ self.tastes[user].astype(np.float64)
+        out: npt.NDArray[np.float64] = logit + self.bias
         return out
 
 
@@ -123,9 +126,9 @@ def load_population(data_dir: str | Path) -> Population:
     ]  # fmt: skip
     users = np.asarray([row["user_id"] for row in rows], dtype=np.int64)
     sort_dist = np.asarray([bool(row["sort_dist"]) for row in rows], dtype=bool)
-    return Population(
-        users, bodies, sort_dist, ds.user_features(first=10), ds.restaurant_features()
-    )
+    rule = ClickRule.of(ds.manifest)  # a drifted world may click by another rule
+    tastes = rule.tastes(ds.user_features(first=rule.user_columns))
+    return Population(users, bodies, sort_dist, tastes, ds.restaurant_features(), rule.bias)
 
 
 def _sigmoid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
