@@ -32,6 +32,7 @@ VERBS: dict[str, str] = {
     "simulate": "replay simulated users who click by the true rule",
     "log": "export the impression and click log",
     "experiment": "analyse an online experiment",
+    "monitor": "watch a model's live traffic for drift",
     "loadtest": "replay requests against a running API",
     "demo": "run the main job end to end on a small dataset",
 }
@@ -43,6 +44,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mlsys.compose.commands",
     "mlsys.compose.models",
     "mlsys.compose.experiments",
+    "mlsys.compose.monitoring",
 )
 
 Handler = Callable[[argparse.Namespace], int | None]

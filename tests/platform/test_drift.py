@@ -8,10 +8,13 @@ import pytest
 
 from mlsys.platform.drift import (
     ColumnDrift,
+    baseline,
     calibrate,
     column_drift,
     dataset_drift,
     method_for,
+    severity,
+    window_drift,
 )
 
 RNG = np.random.default_rng(0)
@@ -83,3 +86,45 @@ def test_dataset_drift_needs_half_the_columns() -> None:
     assert dataset_drift({"a": yes, "b": no})
     assert not dataset_drift({"a": yes, "b": no, "c": no})
     assert not dataset_drift({})
+
+
+def _table(rng: np.random.Generator, rows: int, shift: float = 0.0) -> dict[str, np.ndarray]:
+    """40 columns like the recommender's: clustered (a mixture), one categorical."""
+    centres = np.random.default_rng(7).normal(0, 2, (10, 40))
+    cluster = rng.integers(0, 10, rows)
+    values = centres[cluster] + 0.1 * rng.standard_normal((rows, 40))
+    out = {f"f{j:02d}": values[:, j] for j in range(39)}
+    out["f00"] = out["f00"] + shift * out["f00"].std()
+    out["kind"] = (cluster % 3).astype(np.float64)
+    return out
+
+
+def test_a_window_of_forty_columns_rarely_alarms_once_calibrated_as_a_family() -> None:
+    rng = np.random.default_rng(3)
+    reference = _table(rng, 5000)
+    family = baseline(reference, dict.fromkeys(reference, 500))
+    alone = {k: calibrate(v, 500) for k, v in reference.items()}  # each column by itself
+    windows = [_table(rng, 500) for _ in range(300)]
+    family_alarms = sum(any(c.drifted for c in window_drift(family, w).values()) for w in windows)
+    alone_alarms = sum(
+        any(column_drift(reference[k], w[k], alone[k]).drifted for k in w) for w in windows
+    )
+    assert family_alarms <= 3  # at most 1 % of 300 windows
+    assert alone_alarms > family_alarms
+
+
+def test_a_shifted_feature_is_named_and_the_others_are_not() -> None:
+    rng = np.random.default_rng(4)
+    reference = _table(rng, 5000)
+    family = baseline(reference, dict.fromkeys(reference, 500))
+    result = window_drift(family, _table(rng, 500, shift=0.5))
+    assert [k for k, c in result.items() if c.drifted] == ["f00"]
+    assert severity(result["f00"]) > 1 > max(severity(c) for k, c in result.items() if k != "f00")
+
+
+def test_a_window_with_too_few_values_is_not_judged() -> None:
+    rng = np.random.default_rng(5)
+    reference = {"x": rng.standard_normal(5000)}
+    family = baseline(reference, {"x": 500})
+    assert window_drift(family, {"x": rng.standard_normal(200) + 5}) == {}
+    assert window_drift(family, {"x": rng.standard_normal(400) + 5})["x"].drifted

@@ -297,6 +297,9 @@ def test_exported_impressions_equal_the_200_answers_across_a_killed_worker(
     answered = {rid for rid, status in statuses.items() if status == 200}
     failed = {rid for rid, status in statuses.items() if status != 200}
     assert len(answered) > 200 and answered <= logged
+    # Every answer carries the drift monitor's scored row, scored by the model that answered.
+    rows = read_parts(out / "impressions").select(["sample", "sample_model", "model"]).to_pylist()
+    assert all(len(r["sample"]) == 40 and r["sample_model"] == r["model"] for r in rows)
     assert logged - answered <= failed  # at most answers that never arrived
     assert len(logged - answered) <= 4  # one in-flight request per connection, at most
     with httpx.Client(base_url=server.url, timeout=10) as http:

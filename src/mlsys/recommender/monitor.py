@@ -40,6 +40,7 @@ OUTCOMES = ("ctr", "clicked_score")
 WINDOW = 500
 BASELINE_WINDOWS = 10
 SETTLE_S = 60.0
+MAX_CLICKED = 1_000_000
 
 Columns = dict[str, npt.NDArray[np.float64]]
 
@@ -58,6 +59,7 @@ def load_reference(model_dir: str | Path) -> Columns:
 
 @dataclass
 class Window:
+    version: str
     index: int
     first: str  # stream ids
     last: str
@@ -67,40 +69,58 @@ class Window:
     outcomes: Columns  # ctr, clicked_score (from the answers this version gave alone)
 
 
-def windows(
-    impressions: list[dict[str, Any]],
-    clicks: list[dict[str, Any]],
-    version: str,
-    size: int = WINDOW,
-) -> list[Window]:
-    """The complete windows of `version`'s scored rows, in log order."""
-    mine = [r for r in impressions if r.get("sample_model") == version and r.get("sample")]
-    mine.sort(key=lambda r: entry_key(r["stream_id"]))
-    clicked: dict[str, list[int]] = defaultdict(list)
-    for c in clicks:
-        clicked[c["request_id"]].append(int(c["position"]))
-    names = reference_columns()
-    out = []
-    for index in range(len(mine) // size):
-        rows = mine[index * size : (index + 1) * size]
+class WindowBuilder:
+    """Cuts the log into each version's windows as it arrives (the batch report feeds it
+    everything at once, `mlsys monitor run` what is new each time). A window is handed out
+    once complete and settled; what it used is then dropped, so memory stays bounded."""
+
+    def __init__(self, size: int = WINDOW) -> None:
+        self.size = size
+        self.pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.done: dict[str, int] = defaultdict(int)  # windows handed out per version
+        self.clicked: dict[str, list[int]] = defaultdict(list)  # request id -> positions
+
+    def add(self, impressions: list[dict[str, Any]], clicks: list[dict[str, Any]]) -> None:
+        for r in impressions:
+            if r.get("sample") and r.get("sample_model"):
+                self.pending[r["sample_model"]].append(r)
+        for c in clicks:
+            self.clicked[c["request_id"]].append(int(c["position"]))
+        while len(self.clicked) > MAX_CLICKED:  # clicks on answers never windowed: oldest go
+            del self.clicked[next(iter(self.clicked))]
+
+    def complete(self, now_ms: float, settle_s: float = SETTLE_S) -> list[Window]:
+        """Every version's complete windows whose last answer is `settle_s` old, in order."""
+        out = []
+        for version, rows in self.pending.items():
+            rows.sort(key=lambda r: entry_key(r["stream_id"]))
+            while len(rows) >= self.size and rows[self.size - 1]["ts_ms"] <= (
+                now_ms - settle_s * 1000
+            ):
+                chunk, rows[:] = rows[: self.size], rows[self.size :]
+                out.append(self._window(version, self.done[version], chunk))
+                self.done[version] += 1
+        return out
+
+    def _window(self, version: str, index: int, rows: list[dict[str, Any]]) -> Window:
         matrix = np.asarray([r["sample"] for r in rows], dtype=np.float64)
-        inputs = {name: matrix[:, j] for j, name in enumerate(names)}
+        inputs = {name: matrix[:, j] for j, name in enumerate(reference_columns())}
         inputs[PREDICTION] = np.asarray([r["sample_score"] for r in rows], dtype=np.float64)
         alone = [r for r in rows if r["model"] == version]
-        ctr = [len(clicked.get(r["request_id"], ())) for r in alone]
+        got = [self.clicked.pop(r["request_id"], []) for r in alone]
         scores = [
-            float(np.mean([r["scores"][p - 1] for p in clicked[r["request_id"]]]))
-            for r in alone
-            if clicked.get(r["request_id"])
+            float(np.mean([r["scores"][p - 1] for p in positions if 0 < p <= len(r["scores"])]))
+            for r, positions in zip(alone, got, strict=True)
+            if positions
         ]
-        out.append(
-            Window(
-                index, rows[0]["stream_id"], rows[-1]["stream_id"], int(rows[-1]["ts_ms"]),
-                len(rows), inputs,
-                {"ctr": np.asarray(ctr, np.float64), "clicked_score": np.asarray(scores)},
-            )
+        for r in rows:
+            self.clicked.pop(r["request_id"], None)
+        return Window(
+            version, index, rows[0]["stream_id"], rows[-1]["stream_id"], int(rows[-1]["ts_ms"]),
+            len(rows), inputs,
+            {"ctr": np.asarray([len(g) for g in got], np.float64),
+             "clicked_score": np.asarray(scores, np.float64)},
         )  # fmt: skip
-    return out
 
 
 @dataclass
@@ -112,8 +132,7 @@ class Monitor:
     inputs: Baseline
     baseline_windows: int = BASELINE_WINDOWS
     outcomes: Baseline | None = None
-    baseline_ids: list[str] = field(default_factory=list)
-    _pending: list[Columns] = field(default_factory=list)
+    _first: list[Columns] = field(default_factory=list)
 
     @classmethod
     def for_reference(
@@ -126,27 +145,20 @@ class Monitor:
         sizes = dict.fromkeys(reference, size)
         return cls(version, size, baseline(reference, sizes), baseline_windows)
 
-    def judge(self, window: Window, settled: bool) -> dict[str, ColumnDrift]:
-        """Every column's drift in `window`; the outcome only once its baseline exists and the
-        window's clicks have settled. The first windows become the outcome's baseline."""
+    def judge(self, window: Window) -> dict[str, ColumnDrift]:
+        """Every column's drift in `window`; the outcome once its baseline exists (the first
+        `baseline_windows` windows become it)."""
         result = window_drift(self.inputs, window.inputs)
         if window.index < self.baseline_windows:
-            if settled and window.first not in self.baseline_ids:
-                self._grow_baseline(window)
-            return result
-        if settled and self.outcomes is not None:
+            self._first.append(window.outcomes)
+            if len(self._first) == self.baseline_windows:
+                merged = {k: np.concatenate([w[k] for w in self._first]) for k in OUTCOMES}
+                sizes = {k: max(1, len(merged[k]) // self.baseline_windows) for k in OUTCOMES}
+                if all(len(merged[k]) > 2 * sizes[k] for k in OUTCOMES):
+                    self.outcomes = baseline(merged, sizes)
+        elif self.outcomes is not None:
             result.update(window_drift(self.outcomes, window.outcomes))
         return result
-
-    def _grow_baseline(self, window: Window) -> None:
-        self.baseline_ids.append(window.first)
-        self._pending.append(window.outcomes)
-        if len(self._pending) < self.baseline_windows:
-            return
-        merged = {k: np.concatenate([w[k] for w in self._pending]) for k in OUTCOMES}
-        sizes = {k: max(1, len(merged[k]) // self.baseline_windows) for k in OUTCOMES}
-        if all(len(merged[k]) > 2 * sizes[k] for k in OUTCOMES):
-            self.outcomes = baseline(merged, sizes)
 
 
 def verdict(columns: dict[str, ColumnDrift]) -> dict[str, Any]:
@@ -161,13 +173,11 @@ def verdict(columns: dict[str, ColumnDrift]) -> dict[str, Any]:
     }
 
 
-def scan(
-    monitor: Monitor, wins: list[Window], now_ms: int, settle_s: float = SETTLE_S
-) -> list[dict[str, Any]]:
+def scan(monitor: Monitor, wins: list[Window]) -> list[dict[str, Any]]:
     """Judge every window in order; one summary per window."""
     out = []
     for w in wins:
-        columns = monitor.judge(w, settled=w.last_ms <= now_ms - settle_s * 1000)
+        columns = monitor.judge(w)
         out.append(
             {
                 "index": w.index,
