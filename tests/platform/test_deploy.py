@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,3 +55,76 @@ def test_dockerfile_cpu_torch_non_root_healthcheck() -> None:
 def test_dockerignore_keeps_data_and_envs_out() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", "data", "artifacts", "*.parquet", "*.pt"} <= ignored
+
+
+def _exported_metric_names() -> set[str]:
+    """Every series name the API and `mlsys monitor run` can export."""
+    from prometheus_client import REGISTRY, CollectorRegistry
+
+    import mlsys.platform.monitoring  # noqa: F401  (registers the API's metrics)
+    from mlsys.compose.monitoring import Watcher
+
+    monitor = CollectorRegistry()
+    Watcher("m", 100, 0.0, None, monitor)
+    names: set[str] = set()
+    for registry in (REGISTRY, monitor):
+        for family in registry.collect():
+            names.add(family.name)
+            suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+            names.update(family.name + s for s in suffixes.get(family.type, ()))
+    return names
+
+
+def _metrics_in(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads; it must parse (promtool's own parser is
+    not on PyPI; `promql-parser` binds the Rust port, and promtool runs too where present)."""
+    import re
+
+    import promql_parser
+
+    promql_parser.parse(expr)  # ValueError on a syntax error
+    return set(re.findall(r"\b(mlsys_[a-z_]+)", expr))
+
+
+def test_alert_rules_are_well_formed_and_use_exported_metrics() -> None:
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    exported = _exported_metric_names()
+    alerts = [r for g in rules["groups"] for r in g["rules"]]
+    assert len(alerts) >= 8
+    for rule in alerts:
+        assert rule["labels"]["severity"] in ("page", "ticket"), rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+        used = _metrics_in(rule["expr"])
+        assert used and used <= exported, (rule["alert"], used - exported)
+    names = {r["alert"] for r in alerts}
+    assert {"MlsysFeatureDrift", "MlsysOutcomeDrift", "MlsysRecommendLatencyHigh"} <= names
+
+
+def test_promtool_accepts_the_rules() -> None:
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian: apt install prometheus)")
+    for name in ("alerts.yml", "prometheus.yml"):
+        verb = "rules" if name == "alerts.yml" else "config"
+        done = subprocess.run([promtool, "check", verb, str(ROOT / "deploy/prometheus" / name)],
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_grafana_dashboard_panels_query_exported_metrics() -> None:
+    import json
+
+    dashboard = json.loads((ROOT / "deploy/grafana/mlsys-dashboard.json").read_text())
+    exported = _exported_metric_names()
+    titles = [p["title"] for p in dashboard["panels"]]
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used = _metrics_in(target["expr"])
+            assert used and used <= exported, (panel["title"], used - exported)
+    for topic in ("latency", "Throughput", "Errors", "CTR", "drift"):
+        assert any(topic in t for t in titles), topic
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
