@@ -41,8 +41,14 @@ def _add_serving_commands(verbs: Verbs) -> None:
         "an append-only file)",
     )
     p.add_argument(
-        "--no-impressions", action="store_true", help="do not log impressions (no /feedback)"
-    )
+        "--no-impressions", action="store_true",
+        help="do not log impressions or tag answers (no /feedback, no drift monitoring)",
+    )  # fmt: skip
+    p.add_argument(
+        "--monitor-sample", type=float, default=1.0, metavar="SHARE",
+        help="share of logged /recommend answers that carry a scored row for the drift "
+        "monitor (default 1: every answer, ~0.4 KB)",
+    )  # fmt: skip
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
@@ -143,6 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
         model_refresh_s=args.model_refresh,
         log_redis_url=args.log_redis,
         log_impressions=not args.no_impressions,
+        monitor_sample=args.monitor_sample,
     )
     workers = args.workers or os.cpu_count() or 1
     print(

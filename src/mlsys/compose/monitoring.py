@@ -21,13 +21,13 @@ from mlsys.platform.settings import log_redis_url_from_env
 
 if TYPE_CHECKING:
     from mlsys.cli import Verbs
-    from mlsys.recommender.monitor import Columns
 
 MONITOR_PORT = 9108
 
 
 def add_commands(verbs: Verbs) -> None:
     from mlsys.recommender.monitor import SETTLE_S, WINDOW
+    from mlsys.tagger.monitor import WINDOW as TAG_WINDOW
 
     parsers = {}
     for noun, handler, text in (
@@ -38,8 +38,9 @@ def add_commands(verbs: Verbs) -> None:
         p.add_argument("name", metavar="NAME", help="registered model name, e.g. ranknet")
         p.add_argument("--redis", default=log_redis_url_from_env(), metavar="URL",
                        help=LOG_REDIS_HELP)  # fmt: skip
-        p.add_argument("--window", type=int, default=WINDOW, metavar="N",
-                       help=f"answers per window (default {WINDOW})")  # fmt: skip
+        p.add_argument("--window", type=int, default=None, metavar="N",
+                       help=f"answers per window (default: {WINDOW} for a recommender, "
+                       f"{TAG_WINDOW} for a tagger)")  # fmt: skip
         p.add_argument("--settle", type=float, default=SETTLE_S, metavar="S",
                        help="judge a window once its last answer is S seconds old, so that "
                        f"its clicks are in (default {SETTLE_S:g})")  # fmt: skip
@@ -55,6 +56,11 @@ def add_commands(verbs: Verbs) -> None:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="report folder (default monitoring/VERSION)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = verbs.add("monitor", "reference", _reference,
+                  "write a model folder's reference profile (training does it too)")  # fmt: skip
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("data_dir", metavar="DATA_DIR", help="the data the model was trained on")
+
     p = parsers["run"]
     p.add_argument("--port", type=int, default=MONITOR_PORT, help="Prometheus scrape port")
     p.add_argument("--host", default="127.0.0.1")
@@ -81,41 +87,82 @@ def reference_dir(label: str, override: str | None) -> Path:
         raise MlsysError(f"{label}: {exc}; pass --reference with its model folder") from exc
 
 
+def _reference(args: argparse.Namespace) -> int:
+    from mlsys.errors import MlsysError
+
+    folder = Path(args.model_dir)
+    started = time.perf_counter()
+    if (folder / "tagger.json").is_file():
+        from mlsys.tagger.monitor import write_reference
+
+        path = write_reference(folder, args.data_dir)
+    elif (folder / "model.pt").is_file():
+        from mlsys.recommender.data import open_dataset
+        from mlsys.recommender.reference import write_reference as write_ranknet_reference
+        from mlsys.recommender.service import load_model
+        from mlsys.recommender.stream import FeatureTables
+
+        dataset = open_dataset(args.data_dir)
+        tables = FeatureTables.load(dataset)
+        path = write_ranknet_reference(folder, dataset, tables, load_model(folder).scorer)
+    else:
+        raise MlsysError(f"{folder}: neither a RankNet (model.pt) nor a tagger (tagger.json)")
+    print(f"wrote {path} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def _drift(args: argparse.Namespace) -> int:
     from mlsys.compose.experiments import _client
     from mlsys.errors import MlsysError
-    from mlsys.platform.event_log import CLICKS, IMPRESSIONS
-    from mlsys.recommender.experiment import load_log
-    from mlsys.recommender.monitor import (
-        Monitor,
-        WindowBuilder,
-        load_reference,
-        scan,
-        summary,
-        write_report,
-    )
+    from mlsys.platform.drift_report import summary, write_report
+    from mlsys.platform.event_log import TAGS, read_stream
 
     client = _client(args.redis)
-    impressions = load_log(client, IMPRESSIONS, args.log)
-    clicks = load_log(client, CLICKS, args.log)
-    mine = [r for r in impressions if str(r.get("sample_model", "")).startswith(args.name + "/")]
-    version = args.version or (mine[-1]["sample_model"] if mine else None)
+    prefix = args.name + "/"
+    tags = [r for r in read_stream(client, TAGS) if str(r.get("model", "")).startswith(prefix)]
+    if tags:  # a tagger's answers
+        from mlsys.tagger import monitor as tagger
+
+        version = args.version or tags[-1]["model"]
+        size = args.window or tagger.WINDOW
+        reference = tagger.load_reference(reference_dir(version, args.reference))
+        judged = tagger.TagMonitor(version, reference, size).add(tags)
+        windows = [w for w, _ in judged]
+        live = {w["index"]: columns for w, columns in judged}
+    else:
+        version, size, reference, windows, live = _recommender_windows(args, client)
     if version is None:
         raise MlsysError(f"no monitored answers of {args.name} in the log")
-    builder = WindowBuilder(args.window)
-    builder.add(impressions, clicks)
-    wins = [w for w in builder.complete(time.time() * 1000, args.settle) if w.version == version]
-    reference = load_reference(reference_dir(version, args.reference))
-    monitor = Monitor.for_reference(version, reference, args.window)
-    result = summary(args.name, version, args.window, scan(monitor, wins))
+    result = summary(args.name, version, size, windows)
     out = Path(args.out or f"monitoring/{version.replace('/', '-')}")
-    write_report(result, reference, wins, out)
+    write_report(result, reference, live, out)
     if args.json:
         print(json.dumps(result))
         return 0
     print((out / "report.md").read_text().split("\n\nLatest window")[0])
     print(f"written to {out}/report.json, report.md, drift.png")
     return 0
+
+
+def _recommender_windows(args: argparse.Namespace, client: Any) -> tuple[Any, ...]:
+    from mlsys.platform.event_log import CLICKS, IMPRESSIONS
+    from mlsys.recommender.experiment import load_log
+    from mlsys.recommender.monitor import WINDOW, Monitor, WindowBuilder, load_reference, scan
+
+    size = args.window or WINDOW
+    impressions = load_log(client, IMPRESSIONS, args.log)
+    clicks = load_log(client, CLICKS, args.log)
+    prefix = args.name + "/"
+    mine = [r for r in impressions if str(r.get("sample_model", "")).startswith(prefix)]
+    version = args.version or (mine[-1]["sample_model"] if mine else None)
+    if version is None:
+        return None, size, {}, [], {}
+    builder = WindowBuilder(size)
+    builder.add(impressions, clicks)
+    wins = [w for w in builder.complete(time.time() * 1000, args.settle) if w.version == version]
+    reference = load_reference(reference_dir(version, args.reference))
+    judged = scan(Monitor.for_reference(version, reference, size), wins)
+    return version, size, reference, judged, {w.index: w.inputs for w in wins}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -131,8 +178,8 @@ def _run(args: argparse.Namespace) -> int:
         print(generate_latest(registry).decode(), end="")
         return 0
     start_http_server(args.port, addr=args.host, registry=registry)
-    print(f"monitoring {args.name}: windows of {args.window}, gauges on "
-          f"http://{args.host}:{args.port}/metrics", flush=True)  # fmt: skip
+    print(f"monitoring {args.name}: gauges on http://{args.host}:{args.port}/metrics",
+          flush=True)  # fmt: skip
     while True:
         began = time.monotonic()
         for line in watcher.tick(client):
@@ -142,29 +189,40 @@ def _run(args: argparse.Namespace) -> int:
 
 class Watcher:
     """The state of `mlsys monitor run`: where it is in each stream, the windows being built,
-    a calibrated monitor per version, and the gauges it sets."""
+    a calibrated monitor per version (recommender or tagger, by the stream its answers are
+    in), and the gauges it sets."""
 
     def __init__(
-        self, name: str, window: int, settle_s: float, reference: str | None, registry: Any
+        self,
+        name: str,
+        window: int | None,
+        settle_s: float,
+        reference: str | None,
+        registry: Any,
     ) -> None:
         from collections import deque
 
         from prometheus_client import Counter, Gauge
 
-        from mlsys.recommender.monitor import Monitor, WindowBuilder
+        from mlsys.recommender.monitor import WINDOW, Monitor, WindowBuilder
+        from mlsys.tagger.monitor import TagMonitor
 
-        self.name, self.settle_s, self.reference = name, settle_s, reference
-        self.builder = WindowBuilder(window)
+        self.name, self.window, self.settle_s, self.reference = name, window, settle_s, reference
+        self.builder = WindowBuilder(window or WINDOW)
         self.monitors: dict[str, Monitor] = {}
+        self.tag_monitors: dict[str, TagMonitor] = {}
         self.after: dict[str, str | None] = {}
-        self.recent: deque[tuple[int, str, str]] = deque(maxlen=5 * window)  # ts, arm, id
+        self.recent: deque[tuple[int, str, str]] = deque(
+            maxlen=5 * (window or WINDOW)
+        )  # ts, arm, id
         self.clicks: dict[str, int] = {}
         labels = ("model", "version")
-        self.feature = Gauge("mlsys_feature_drift", "Latest window: a feature's drift severity "
+        self.feature = Gauge("mlsys_feature_drift", "Latest window: an input's drift severity "
                              "(statistic over its calibrated threshold; >1 is drift)",
                              (*labels, "feature"), registry=registry)  # fmt: skip
-        self.prediction = Gauge("mlsys_prediction_drift", "Latest window: the predicted "
-                                "score's drift severity", labels, registry=registry)  # fmt: skip
+        self.prediction = Gauge("mlsys_prediction_drift", "Latest window: drift severity "
+                                "of a model output", (*labels, "output"),
+                                registry=registry)  # fmt: skip
         self.outcome = Gauge("mlsys_outcome_drift", "Latest window: drift severity of clicks "
                              "per answer (ctr) and the clicked restaurants' scores",
                              (*labels, "outcome"), registry=registry)  # fmt: skip
@@ -179,10 +237,10 @@ class Watcher:
 
     def tick(self, client: Any) -> list[str]:
         """Read what is new, judge the windows that completed; one line per window."""
-        from mlsys.platform.event_log import CLICKS, IMPRESSIONS, read_stream
+        from mlsys.platform.event_log import CLICKS, IMPRESSIONS, TAGS, read_stream
 
         new = {}
-        for stream in (IMPRESSIONS, CLICKS):
+        for stream in (IMPRESSIONS, CLICKS, TAGS):
             new[stream] = list(read_stream(client, stream, after=self.after.get(stream)))
             if new[stream]:
                 self.after[stream] = new[stream][-1]["stream_id"]
@@ -191,34 +249,49 @@ class Watcher:
                 or str(r.get("champion", "")).startswith(prefix)]  # fmt: skip
         self.builder.add(mine, new[CLICKS])
         self._tally_ctr(mine, new[CLICKS])
-        lines = []
-        for w in self.builder.complete(time.time() * 1000, self.settle_s):
-            lines.append(self._judge(w))
+        lines = [self._recommender(w) for w in self.builder.complete(time.time() * 1000,
+                                                                     self.settle_s)]  # fmt: skip
+        tags = [r for r in new[TAGS] if str(r.get("model", "")).startswith(prefix)]
+        lines += self._tagger(tags)
         self.last_run.set_to_current_time()
         return lines
 
-    def _judge(self, w: Any) -> str:
-        from mlsys.platform.drift import severity
-        from mlsys.recommender.monitor import OUTCOMES, PREDICTION, Monitor, load_reference
+    def _recommender(self, w: Any) -> str:
+        from mlsys.platform.drift_report import judged_window
+        from mlsys.recommender.monitor import ROLES, Monitor, load_reference
 
         monitor = self.monitors.get(w.version)
         if monitor is None:
-            reference: Columns = load_reference(reference_dir(w.version, self.reference))
+            reference = load_reference(reference_dir(w.version, self.reference))
             monitor = Monitor.for_reference(w.version, reference, self.builder.size)
             self.monitors[w.version] = monitor
-        columns = monitor.judge(w)
-        labels = (self.name, w.version)
-        for key, c in columns.items():
-            if key == PREDICTION:
-                self.prediction.labels(*labels).set(severity(c))
-            elif key in OUTCOMES:
-                self.outcome.labels(*labels, key).set(severity(c))
-            else:
-                self.feature.labels(*labels, key).set(severity(c))
-        flagged = sorted(k for k, c in columns.items() if c.drifted)
-        self.detected.labels(*labels).set(1 if flagged else 0)
-        self.windows.labels(*labels, "drift" if flagged else "ok").inc()
-        return json.dumps({"version": w.version, "window": w.index, "last": w.last,
+        judged = judged_window(w.index, w.first, w.last, w.answers, monitor.judge(w), ROLES)
+        return self._publish(w.version, judged, ROLES)
+
+    def _tagger(self, records: list[dict[str, Any]]) -> list[str]:
+        from mlsys.tagger import monitor as tagger
+
+        lines = []
+        for version in dict.fromkeys(r["model"] for r in records):
+            monitor = self.tag_monitors.get(version)
+            if monitor is None:
+                reference = tagger.load_reference(reference_dir(version, self.reference))
+                monitor = tagger.TagMonitor(version, reference, self.window or tagger.WINDOW)
+                self.tag_monitors[version] = monitor
+            for judged, _ in monitor.add(records):
+                lines.append(self._publish(version, judged, tagger.ROLES))
+        return lines
+
+    def _publish(self, version: str, judged: dict[str, Any], roles: Any) -> str:
+        labels = (self.name, version)
+        for key, c in judged["columns"].items():
+            group = roles.group(key)
+            gauge = {"inputs": self.feature, "prediction": self.prediction}.get(group, self.outcome)
+            gauge.labels(*labels, key).set(c["severity"])
+        self.detected.labels(*labels).set(1 if judged["drifted"] else 0)
+        self.windows.labels(*labels, "drift" if judged["drifted"] else "ok").inc()
+        flagged = judged["features"] + judged["prediction_drift"] + judged["outcome_drift"]
+        return json.dumps({"version": version, "window": judged["index"], "last": judged["last"],
                            "drifted": flagged})  # fmt: skip
 
     def _tally_ctr(self, impressions: list[dict[str, Any]], clicks: list[dict[str, Any]]) -> None:

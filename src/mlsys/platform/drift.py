@@ -206,7 +206,9 @@ def baseline(
     picks = _chunk_picks(lengths.pop(), window, chunks, seed)
     methods = {k: method_for(columns[k]) for k in names}
     values = {k: _chunk_statistics(methods[k], columns[k], window, picks) for k in names}
-    start = {k: _quantile(methods[k], values[k], quantile) for k in names}
+    # Each column's own threshold first (never under the fixed one: a constant column's
+    # chunks all measure 0), then the family's widening.
+    start = {k: _widen(methods[k], _quantile(methods[k], values[k], quantile), 1.0) for k in names}
     worst = np.max(
         [[severity(ColumnDrift(methods[k], v, start[k], False)) for v in values[k]] for k in names],
         axis=0,

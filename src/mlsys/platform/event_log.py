@@ -47,6 +47,7 @@ STREAM_PREFIX = "mlsys:log:"
 IMPRESSIONS = "impressions"
 CLICKS = "clicks"
 SHADOW = "shadow"
+TAGS = "tags"  # the garment tagger's answers, for its drift monitor
 SERVED_PREFIX = "mlsys:served:"
 ERRORS_PREFIX = "mlsys:errors:"  # hash per experiment: arm -> failed requests
 EXPORT_GROUP = "export"
@@ -182,6 +183,12 @@ class EventLog:
     def error(self, experiment: str, arm: str) -> None:
         """A request of an experiment's arm that failed (guardrail: error rate per arm)."""
         self.client.hincrby(ERRORS_PREFIX + experiment, arm, 1)
+
+
+def append(client: Any, name: str, record: Mapping[str, Any], max_len: int) -> None:
+    """One record on a stream of its own, capped near `max_len` (the tagger's answers: no
+    feedback and no experiment, so none of the impression script's bookkeeping)."""
+    client.xadd(stream_key(name), {"json": _dumps(record)}, maxlen=max_len, approximate=True)
 
 
 def _dumps(record: Mapping[str, Any]) -> str:

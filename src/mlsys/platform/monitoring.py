@@ -98,6 +98,12 @@ IMPRESSIONS = Counter(
     "Impressions appended to the log (logged), or lost because the log's Redis failed",
     ("outcome",),
 )
+TAG_RECORDS = Counter(
+    "mlsys_tag_records_total",
+    "Answered /tag requests appended to the log for the drift monitor (logged), or not "
+    "(failed: the log's Redis failed; the answer is still sent)",
+    ("outcome",),
+)
 FEEDBACK = Counter(
     "mlsys_feedback_total",
     "POST /feedback by outcome: recorded, duplicate, unknown_request, not_in_response, "

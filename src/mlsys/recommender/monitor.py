@@ -22,16 +22,16 @@ and thresholds calibrated for the window's size:
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from mlsys.platform.drift import Baseline, ColumnDrift, baseline, severity, window_drift
+from mlsys.platform import drift_report
+from mlsys.platform.drift import Baseline, ColumnDrift, baseline, window_drift
+from mlsys.platform.drift_report import Columns, Roles, judged_window, read_columns
 from mlsys.platform.event_log import entry_key
 from mlsys.recommender.reference import REFERENCE_FILE, reference_columns
 
@@ -42,19 +42,9 @@ BASELINE_WINDOWS = 10
 SETTLE_S = 60.0
 MAX_CLICKED = 1_000_000
 
-Columns = dict[str, npt.NDArray[np.float64]]
-
 
 def load_reference(model_dir: str | Path) -> Columns:
-    import pyarrow.parquet as pq
-
-    path = Path(model_dir) / REFERENCE_FILE
-    if not path.is_file():
-        from mlsys.errors import MlsysError
-
-        raise MlsysError(f"{path}: no reference profile (train the model with this version)")
-    table = pq.read_table(path)
-    return {c: table.column(c).to_numpy().astype(np.float64) for c in table.column_names}
+    return read_columns(Path(model_dir) / REFERENCE_FILE, (*reference_columns(), PREDICTION))
 
 
 @dataclass
@@ -161,149 +151,17 @@ class Monitor:
         return result
 
 
-def verdict(columns: dict[str, ColumnDrift]) -> dict[str, Any]:
-    flagged = sorted(
-        (k for k, c in columns.items() if c.drifted), key=lambda k: -severity(columns[k])
-    )
-    return {
-        "drifted": bool(flagged),
-        "features": [k for k in flagged if k not in (PREDICTION, *OUTCOMES)],
-        "prediction_drift": PREDICTION in flagged,
-        "outcome_drift": [k for k in flagged if k in OUTCOMES],
-    }
+ROLES = Roles(prediction=(PREDICTION,), outcome=OUTCOMES)
 
 
 def scan(monitor: Monitor, wins: list[Window]) -> list[dict[str, Any]]:
     """Judge every window in order; one summary per window."""
-    out = []
-    for w in wins:
-        columns = monitor.judge(w)
-        out.append(
-            {
-                "index": w.index,
-                "first": w.first,
-                "last": w.last,
-                "answers": w.answers,
-                **verdict(columns),
-                "outcome_judged": any(k in columns for k in OUTCOMES),
-                "severity": _worst(columns),
-                "columns": {k: _column(c) for k, c in columns.items()},
-            }
-        )
-    return out
-
-
-def _worst(columns: dict[str, ColumnDrift]) -> dict[str, float]:
-    """The worst severity per kind of column (0 when none was judged)."""
-    groups = {
-        "inputs": [c for k, c in columns.items() if k not in (PREDICTION, *OUTCOMES)],
-        "prediction": [c for k, c in columns.items() if k == PREDICTION],
-        "outcome": [c for k, c in columns.items() if k in OUTCOMES],
-    }
-    return {g: round(max((severity(c) for c in cs), default=0.0), 4) for g, cs in groups.items()}
-
-
-def _column(c: ColumnDrift) -> dict[str, Any]:
-    return {
-        "method": c.method,
-        "statistic": round(c.statistic, 6),
-        "threshold": round(c.threshold, 6),
-        "severity": round(severity(c), 4),
-        "drifted": c.drifted,
-    }
-
-
-def summary(model: str, version: str, size: int, judged: list[dict[str, Any]]) -> dict[str, Any]:
-    """The `--json` object: the latest window's verdict, its statistics, and every window's."""
-    latest = judged[-1] if judged else None
-    first_alarm = next((w["index"] for w in judged if w["drifted"]), None)
-    return {
-        "model": model,
-        "version": version,
-        "window": size,
-        "drifted": bool(latest and latest["drifted"]),
-        "features": latest["features"] if latest else [],
-        "prediction_drift": bool(latest and latest["prediction_drift"]),
-        "outcome_drift": latest["outcome_drift"] if latest else [],
-        "first_alarm": first_alarm,
-        "windows_flagged": sum(w["drifted"] for w in judged),
-        "statistics": latest["columns"] if latest else {},
-        "windows": [{k: v for k, v in w.items() if k != "columns"} for w in judged],
-    }
+    return [
+        judged_window(w.index, w.first, w.last, w.answers, monitor.judge(w), ROLES) for w in wins
+    ]
 
 
 def write_report(
     result: dict[str, Any], reference: Columns, wins: list[Window], out_dir: str | Path
 ) -> Path:
-    """report.json, report.md and drift.png (per window: the worst severity of inputs,
-    prediction and outcome; the most drifted columns' histograms, reference vs the window)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "report.md").write_text(markdown(result))
-    _plot(result, reference, wins, out / "drift.png")
-    return out
-
-
-def markdown(r: dict[str, Any]) -> str:
-    state = "**drift**" if r["drifted"] else "no drift"
-    lines = [
-        f"# Drift of {r['version']}",
-        "",
-        f"{len(r['windows'])} windows of {r['window']} answers; latest window: {state}. "
-        f"Windows flagged: {r['windows_flagged']}; first alarm: window {r['first_alarm']}.",
-        "",
-        f"- features flagged: {', '.join(r['features']) or 'none'}",
-        f"- prediction drift: {'yes' if r['prediction_drift'] else 'no'}",
-        f"- outcome drift: {', '.join(r['outcome_drift']) or 'none'}",
-        "",
-        "Latest window (severity: statistic over threshold, a p-value's inverse; above 1 is "
-        "drift):",
-        "",
-        "| column | method | statistic | threshold | severity | drifted |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, c in sorted(r["statistics"].items(), key=lambda kv: -kv[1]["severity"]):
-        lines.append(
-            f"| {name} | {c['method']} | {c['statistic']:.4g} | {c['threshold']:.4g} | "
-            f"{c['severity']:.2f} | {'**yes**' if c['drifted'] else 'no'} |"
-        )
-    lines += ["", "![drift](drift.png)", ""]
-    return "\n".join(lines)
-
-
-def _plot(r: dict[str, Any], reference: Columns, wins: list[Window], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    judged = r["windows"]
-    worst = [w for w in judged if w["drifted"]]
-    shown = (worst[-1] if worst else judged[-1]) if judged else None
-    cols = []
-    if shown is not None:
-        cols = shown["features"] + ([PREDICTION] if shown["prediction_drift"] else [])
-        cols = (cols or [PREDICTION])[:4]
-    fig, axes = plt.subplots(1, 1 + len(cols), figsize=(4 + 3.2 * len(cols), 3.4))
-    axes = np.atleast_1d(axes)
-    timeline = axes[0]
-    xs = [w["index"] for w in judged]
-    for key in ("inputs", "prediction", "outcome"):
-        timeline.plot(xs, [w["severity"][key] for w in judged], marker=".", lw=1, label=key)
-    timeline.axhline(1.0, color="red", lw=0.8, ls="--")
-    timeline.set_xlabel(f"window ({r['window']} answers)")
-    timeline.set_ylabel("worst severity (>1: drift)")
-    timeline.legend(fontsize=7)
-    by_index = {w.index: w for w in wins}
-    for ax, col in zip(axes[1:], cols, strict=True):
-        assert shown is not None
-        live = by_index[shown["index"]].inputs[col]
-        bins = np.histogram_bin_edges(np.concatenate([reference[col], live]), bins=40)
-        ax.hist(reference[col], bins=bins, density=True, alpha=0.5, label="reference")
-        ax.hist(live, bins=bins, density=True, alpha=0.5, label=f"window {shown['index']}")
-        ax.set_title(col, fontsize=9)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return drift_report.write_report(result, reference, {w.index: w.inputs for w in wins}, out_dir)

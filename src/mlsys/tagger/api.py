@@ -23,6 +23,7 @@ at most `concurrency` images are decoded at once, which bounds the worker's peak
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -155,8 +156,10 @@ class TagEndpoint:
         *,
         concurrency: int = 1,
         max_in_flight: int = 8,
+        log: TagLog | None = None,
     ) -> None:
         self.live = live
+        self.log = log
         self.max_body = max_body_bytes
         self.max_pixels = max_pixels
         self.concurrency = concurrency
@@ -164,7 +167,9 @@ class TagEndpoint:
         self.in_flight = 0
         self._limiter: anyio.CapacityLimiter | None = None  # made on the worker's event loop
 
-    def _tag(self, model: TaggerModel, content_type: str, body: bytes) -> dict[str, Any]:
+    def _tag(
+        self, model: TaggerModel, content_type: str, body: bytes, label: str, request_id: str
+    ) -> dict[str, Any]:
         data = body
         if content_type.lower().startswith("multipart/"):
             data = image_from_multipart(content_type, body)
@@ -180,7 +185,10 @@ class TagEndpoint:
         img = decode_image(
             data, self.max_pixels, max_decoded_bytes=SERVING_DECODE_BYTES, min_side=min_side
         )
-        return model.describe(model.predict_images([img]))
+        answer = model.describe(model.predict_images([img]))
+        if self.log is not None:
+            self.log.write(data, img, answer, label, request_id)
+        return answer
 
     async def handle(self, request: Request) -> Response:
         if self.in_flight >= self.max_in_flight:
@@ -210,9 +218,11 @@ class TagEndpoint:
         content_type = request.headers.get("content-type", "")
         served = self.live.current  # read once: one request, one model version
         try:
+            request_id = request.scope.get("state", {}).get("request_id", "")
             result = await anyio.to_thread.run_sync(
-                self._tag, served.model, content_type, body, limiter=self._limiter
-            )
+                self._tag, served.model, content_type, body, served.label, request_id,
+                limiter=self._limiter,
+            )  # fmt: skip
         except InvalidRequest as exc:
             return invalid(exc)
         except NotAnImageError as exc:
@@ -226,9 +236,39 @@ class TagEndpoint:
         return JSONResponse(result, headers={"x-model-version": served.label})
 
 
-def routes(live: LiveModel[TaggerModel]) -> list[BaseRoute]:
+class TagLog:
+    """Appends each answer's `monitor.tag_record` to the log's Redis (the drift monitor reads
+    it), from the worker thread that tagged the photo. A failing Redis costs the record, never
+    the answer; it is counted."""
+
+    def __init__(self, url: str, max_len: int, timeout_s: float) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self.max_len = max_len
+        self.errors = (redis.RedisError, OSError)
+
+    def write(
+        self, data: bytes, img: Any, answer: dict[str, Any], label: str, request_id: str
+    ) -> None:
+        from mlsys.platform.event_log import TAGS, append
+        from mlsys.platform.monitoring import TAG_RECORDS
+        from mlsys.tagger.monitor import tag_record
+
+        record = {"request_id": request_id, "ts_ms": int(time.time() * 1000),
+                  **tag_record(data, img, answer, label)}  # fmt: skip
+        try:
+            append(self.client, TAGS, record, self.max_len)
+            TAG_RECORDS.labels("logged").inc()
+        except self.errors:
+            TAG_RECORDS.labels("failed").inc()
+
+
+def routes(live: LiveModel[TaggerModel], log: TagLog | None = None) -> list[BaseRoute]:
     """The tagger's routes, for any Starlette app (the platform server, tests)."""
-    return [Route("/tag", TagEndpoint(live).handle, methods=["POST"])]
+    return [Route("/tag", TagEndpoint(live, log=log).handle, methods=["POST"])]
 
 
 def live_tagger(source: str, refresh_s: float = 5.0) -> LiveModel[TaggerModel]:
@@ -249,9 +289,13 @@ def component(settings: Settings) -> Component:
     assert settings.tagger_model_dir is not None
     live = live_tagger(settings.tagger_model_dir, settings.model_refresh_s)
     live.start()
+    log = None
+    if settings.log_impressions:
+        url = settings.log_redis_url or settings.redis_url
+        log = TagLog(url, settings.log_max_len, settings.redis_timeout_s)
     return Component(
         name="tagger",
-        routes=routes(live),
+        routes=routes(live, log),
         checks={"model": lambda: None},  # live_tagger raised if it could not load
         max_body_bytes=MAX_BODY_BYTES,
         close=live.stop,

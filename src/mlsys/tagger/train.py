@@ -49,6 +49,7 @@ from mlsys.tagger import metrics as M
 from mlsys.tagger.augment import augment
 from mlsys.tagger.export import export_onnx, export_prefix_onnx, quantize_int8
 from mlsys.tagger.model import NUM_BLOCKS, GarmentTagger, MBConv, build_tagger
+from mlsys.tagger.monitor import write_reference
 from mlsys.tagger.preprocess import PreprocessConfig, load_batch, load_image, to_array
 from mlsys.tagger.schema import CATEGORIES, COLORS, TAGS, GarmentDataset, open_garments
 
@@ -579,6 +580,7 @@ def train_tagger(
         },
     }
     (out / MODEL_JSON).write_text(json.dumps(meta, indent=2))
+    write_reference(out, data_dir)  # the drift monitor's reference: the validation images
     log(
         f"val (deployed, tuned thresholds): tag macro F1 {val_metrics['tag_macro_f1']:.4f}  "
         f"colour {val_metrics['colour_acc']:.4f}; "
