@@ -16,8 +16,9 @@ Phases (`--phases`, all by default):
   baseline needs) then the shifted world from a known answer on; at `--offsets` different
   shift points. Requests to detect = the last answer of the first flagged window minus the
   shift (target <= 2,000), and the columns it named;
-- `tagger`: the test images served as /tag serves them (decode, model, record), clean and
-  under each corruption of the robustness benchmark, in windows of 200;
+- `tagger`: the test images the reference profile does not hold, served as /tag serves them
+  (decode, model, record), clean and under each corruption of the robustness benchmark, in
+  windows of 200;
 - `live`: the stack as the demo runs it (registry alias, 2 workers, the log's Redis),
   simulated users on the clean world for `--live-clean` s, then `mlsys features load` of the
   covariate world and its users for `--live-drift` s; `mlsys monitor drift --json`;
@@ -228,7 +229,13 @@ def tagger(args: argparse.Namespace) -> dict[str, Any]:
 
     from mlsys.tagger.augment import CORRUPTIONS
     from mlsys.tagger.inference import TaggerModel
-    from mlsys.tagger.monitor import TagMonitor, jpeg_quality, load_reference, tag_record
+    from mlsys.tagger.monitor import (
+        REFERENCE_ROWS,
+        TagMonitor,
+        jpeg_quality,
+        load_reference,
+        tag_record,
+    )
     from mlsys.tagger.preprocess import decode_image
     from mlsys.tagger.schema import open_garments
 
@@ -237,7 +244,7 @@ def tagger(args: argparse.Namespace) -> dict[str, Any]:
     reference = load_reference(args.tagger)
     calibrated = TagMonitor("tagger/1", reference)
     data = open_garments(args.garments)
-    uuids = data.test_uuids
+    uuids = data.test_uuids[REFERENCE_ROWS:]  # the reference is the first REFERENCE_ROWS
     out: dict[str, Any] = {"images": len(uuids), "window": calibrated.size,
                            "reference_rows": len(next(iter(reference.values())))}  # fmt: skip
     for name in ("clean", *CORRUPTIONS):

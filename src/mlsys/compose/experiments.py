@@ -82,7 +82,7 @@ def add_commands(verbs: Verbs) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _client(url: str) -> Any:
+def log_client(url: str) -> Any:
     from mlsys.recommender.features import connect
 
     return connect(url, timeout_s=10.0)
@@ -91,7 +91,7 @@ def _client(url: str) -> Any:
 def _rollout(args: argparse.Namespace) -> int:
     from mlsys.platform.rollout import Guardrails, RolloutStore
 
-    store = RolloutStore(_client(args.redis))
+    store = RolloutStore(log_client(args.redis))
     if args.mode == "status":
         state = store.get(args.name)
         print(json.dumps({"state": None if state is None else json.loads(state.to_json()),
@@ -124,7 +124,7 @@ def _export(args: argparse.Namespace) -> int:
     from mlsys.platform.event_log import export
     from mlsys.recommender.impressions import schemas
 
-    written = export(_client(args.redis), args.out, schemas(), batch=args.batch,
+    written = export(log_client(args.redis), args.out, schemas(), batch=args.batch,
                      trim=not args.no_trim)  # fmt: skip
     for name, rows in written.items():
         print(f"{name}: {rows} rows")
@@ -146,7 +146,7 @@ def _report(args: argparse.Namespace) -> int:
     from mlsys.platform.rollout import RolloutStore
     from mlsys.recommender.experiment import report
 
-    client = _client(args.redis)
+    client = log_client(args.redis)
     state = RolloutStore(client).experiment(args.name, args.experiment)
     out = args.out or f"experiments/{state.experiment}"
     result = report(client, state, out, log_dir=args.log, n_opt=args.n_opt)

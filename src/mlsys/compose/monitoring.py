@@ -112,12 +112,12 @@ def _reference(args: argparse.Namespace) -> int:
 
 
 def _drift(args: argparse.Namespace) -> int:
-    from mlsys.compose.experiments import _client
+    from mlsys.compose.experiments import log_client
     from mlsys.errors import MlsysError
     from mlsys.platform.drift_report import summary, write_report
     from mlsys.platform.event_log import TAGS, read_stream
 
-    client = _client(args.redis)
+    client = log_client(args.redis)
     prefix = args.name + "/"
     tags = [r for r in read_stream(client, TAGS) if str(r.get("model", "")).startswith(prefix)]
     if tags:  # a tagger's answers
@@ -168,11 +168,11 @@ def _recommender_windows(args: argparse.Namespace, client: Any) -> tuple[Any, ..
 def _run(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 
-    from mlsys.compose.experiments import _client
+    from mlsys.compose.experiments import log_client
 
     registry = CollectorRegistry()
     watcher = Watcher(args.name, args.window, args.settle, args.reference, registry)
-    client = _client(args.redis)
+    client = log_client(args.redis)
     if args.once:
         watcher.tick(client)
         print(generate_latest(registry).decode(), end="")

@@ -289,9 +289,11 @@ def component(settings: Settings) -> Component:
     assert settings.tagger_model_dir is not None
     live = live_tagger(settings.tagger_model_dir, settings.model_refresh_s)
     live.start()
+    # Logged where the recommender logs: the log's Redis, else the feature store's when a
+    # recommender is served (a tagger alone needs no Redis, so it logs only when given one).
+    url = settings.log_redis_url or (settings.redis_url if settings.model_dir else None)
     log = None
-    if settings.log_impressions:
-        url = settings.log_redis_url or settings.redis_url
+    if settings.log_impressions and url is not None:
         log = TagLog(url, settings.log_max_len, settings.redis_timeout_s)
     return Component(
         name="tagger",

@@ -4,9 +4,12 @@ and live.
 Each answered /tag is logged (`tag_record`) with simple statistics of the photo as uploaded
 (size, aspect, brightness, contrast, background, sharpness, straightness, the JPEG quality
 its quantisation tables imply) and of the answer (top-1 category and its probability, each
-tag's decision). The reference profile is the same record for the model's validation images
-(held out from training, so the model's confidence on them is what unseen photos get),
-written next to the model at training time (`reference.parquet`).
+tag's decision). The reference profile is the same record for photos no training decision
+saw: the first `REFERENCE_ROWS` test images (their pixels only; test labels are never read),
+written next to the model at training time (`reference.parquet`). Not the validation images:
+early stopping and the tag thresholds were chosen on them, and the model is more confident
+there (mean top-1 probability 0.914 against 0.897 on test images, KS p = 0.013), which made
+clean test traffic alarm on `confidence` in 2 of 10 windows.
 
 Windows of `WINDOW` records per version are judged like the recommender's inputs
 (`platform/drift.py`: Evidently's test by column, thresholds calibrated on chunks of the
@@ -32,7 +35,7 @@ from mlsys.tagger.schema import CATEGORIES, TAGS
 
 REFERENCE_FILE = "reference.parquet"
 WINDOW = 200
-REFERENCE_ROWS = 1500
+REFERENCE_ROWS = 1000
 IMAGE_COLUMNS = ("width", "height", "aspect", "brightness", "contrast", "background",
                  "sharpness", "straightness", "jpeg_quality")  # fmt: skip
 TAG_COLUMNS = tuple("tag_" + t.replace(" ", "_") for t in TAGS)
@@ -111,10 +114,10 @@ def tag_record(data: bytes, img: Image.Image, answer: dict[str, Any], model: str
 
 
 def write_reference(
-    model_dir: str | Path, data_dir: str | Path, rows: int = REFERENCE_ROWS, seed: int = 0
+    model_dir: str | Path, data_dir: str | Path, rows: int = REFERENCE_ROWS
 ) -> Path:
-    """The profile of up to `rows` validation images (those named in tagger.json), served the
-    way /tag serves them, as MODEL_DIR/reference.parquet."""
+    """The profile of the first `rows` test images, served the way /tag serves them, as
+    MODEL_DIR/reference.parquet."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -125,11 +128,8 @@ def write_reference(
 
     model = TaggerModel(model_dir)
     data = open_garments(data_dir)
-    uuids = list(model.meta.get("val_uuids") or data.data.column("uuid").to_pylist())
-    rng = np.random.default_rng(seed)
-    picked = [uuids[i] for i in np.sort(rng.permutation(len(uuids))[:rows])]
     records = []
-    for uuid in picked:
+    for uuid in data.test_uuids[:rows]:
         raw = data.image_bytes(uuid)
         img = decode_image(raw)
         records.append(tag_record(raw, img, model.describe(model.predict_images([img])), ""))

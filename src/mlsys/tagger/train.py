@@ -580,7 +580,7 @@ def train_tagger(
         },
     }
     (out / MODEL_JSON).write_text(json.dumps(meta, indent=2))
-    write_reference(out, data_dir)  # the drift monitor's reference: the validation images
+    write_reference(out, data_dir)  # the drift monitor's reference (monitor.py)
     log(
         f"val (deployed, tuned thresholds): tag macro F1 {val_metrics['tag_macro_f1']:.4f}  "
         f"colour {val_metrics['colour_acc']:.4f}; "
