@@ -89,27 +89,27 @@ def test_dataset_drift_needs_half_the_columns() -> None:
 
 
 def _table(rng: np.random.Generator, rows: int, shift: float = 0.0) -> dict[str, np.ndarray]:
-    """40 columns like the recommender's: clustered (a mixture), one categorical."""
-    centres = np.random.default_rng(7).normal(0, 2, (10, 40))
+    """20 columns like the recommender's: clustered (a mixture), one categorical."""
+    centres = np.random.default_rng(7).normal(0, 2, (10, 20))
     cluster = rng.integers(0, 10, rows)
-    values = centres[cluster] + 0.1 * rng.standard_normal((rows, 40))
-    out = {f"f{j:02d}": values[:, j] for j in range(39)}
+    values = centres[cluster] + 0.1 * rng.standard_normal((rows, 20))
+    out = {f"f{j:02d}": values[:, j] for j in range(19)}
     out["f00"] = out["f00"] + shift * out["f00"].std()
     out["kind"] = (cluster % 3).astype(np.float64)
     return out
 
 
-def test_a_window_of_forty_columns_rarely_alarms_once_calibrated_as_a_family() -> None:
+def test_a_window_of_twenty_columns_rarely_alarms_once_calibrated_as_a_family() -> None:
     rng = np.random.default_rng(3)
     reference = _table(rng, 5000)
     family = baseline(reference, dict.fromkeys(reference, 500))
     alone = {k: calibrate(v, 500) for k, v in reference.items()}  # each column by itself
-    windows = [_table(rng, 500) for _ in range(300)]
+    windows = [_table(rng, 500) for _ in range(200)]
     family_alarms = sum(any(c.drifted for c in window_drift(family, w).values()) for w in windows)
     alone_alarms = sum(
         any(column_drift(reference[k], w[k], alone[k]).drifted for k in w) for w in windows
     )
-    assert family_alarms <= 3  # at most 1 % of 300 windows
+    assert family_alarms <= 2  # at most 1 % of 200 windows
     assert alone_alarms > family_alarms
 
 
