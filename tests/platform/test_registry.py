@@ -207,6 +207,20 @@ def test_help_and_the_serving_modules_do_not_import_mlflow() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_help_imports_no_numerical_library() -> None:
+    """`mlsys --help` answers in milliseconds: every command module imports its work lazily."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from mlsys.cli import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['--help'])\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'torch', 'scipy', "
+        "'pyarrow', 'PIL', 'redis'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_version_1_of_two_registries_are_two_models_in_one_cache(
     ranknets: list[Path], store: Path, tmp_path: Path
 ) -> None:

@@ -26,9 +26,9 @@ MONITOR_PORT = 9108
 
 
 def add_commands(verbs: Verbs) -> None:
-    from mlsys.recommender.monitor import SETTLE_S, WINDOW
-    from mlsys.tagger.monitor import WINDOW as TAG_WINDOW
-
+    # The defaults live with each domain's monitor (recommender/monitor.py, tagger/monitor.py)
+    # and are resolved in the handlers: importing those here would load numpy and torch for
+    # `mlsys --help`.
     parsers = {}
     for noun, handler, text in (
         ("drift", _drift, "judge a model's logged traffic against its training reference"),
@@ -39,11 +39,11 @@ def add_commands(verbs: Verbs) -> None:
         p.add_argument("--redis", default=log_redis_url_from_env(), metavar="URL",
                        help=LOG_REDIS_HELP)  # fmt: skip
         p.add_argument("--window", type=int, default=None, metavar="N",
-                       help=f"answers per window (default: {WINDOW} for a recommender, "
-                       f"{TAG_WINDOW} for a tagger)")  # fmt: skip
-        p.add_argument("--settle", type=float, default=SETTLE_S, metavar="S",
-                       help="judge a window once its last answer is S seconds old, so that "
-                       f"its clicks are in (default {SETTLE_S:g})")  # fmt: skip
+                       help="answers per window (default: 500 for a recommender, 200 for a "
+                       "tagger)")  # fmt: skip
+        p.add_argument("--settle", type=float, default=None, metavar="S",
+                       help="judge a recommender window once its last answer is S seconds "
+                       "old, so that its clicks are in (default 60)")  # fmt: skip
         p.add_argument("--reference", default=None, metavar="DIR",
                        help="the model folder whose reference.parquet to use (default: the "
                        "registered version's)")  # fmt: skip
@@ -147,9 +147,17 @@ def _drift(args: argparse.Namespace) -> int:
 def _recommender_windows(args: argparse.Namespace, client: Any) -> tuple[Any, ...]:
     from mlsys.platform.event_log import CLICKS, IMPRESSIONS
     from mlsys.recommender.experiment import load_log
-    from mlsys.recommender.monitor import WINDOW, Monitor, WindowBuilder, load_reference, scan
+    from mlsys.recommender.monitor import (
+        SETTLE_S,
+        WINDOW,
+        Monitor,
+        WindowBuilder,
+        load_reference,
+        scan,
+    )
 
     size = args.window or WINDOW
+    settle = SETTLE_S if args.settle is None else args.settle
     impressions = load_log(client, IMPRESSIONS, args.log)
     clicks = load_log(client, CLICKS, args.log)
     prefix = args.name + "/"
@@ -159,7 +167,7 @@ def _recommender_windows(args: argparse.Namespace, client: Any) -> tuple[Any, ..
         return None, size, {}, [], {}
     builder = WindowBuilder(size)
     builder.add(impressions, clicks)
-    wins = [w for w in builder.complete(time.time() * 1000, args.settle) if w.version == version]
+    wins = [w for w in builder.complete(time.time() * 1000, settle) if w.version == version]
     reference = load_reference(reference_dir(version, args.reference))
     judged = scan(Monitor.for_reference(version, reference, size), wins)
     return version, size, reference, judged, {w.index: w.inputs for w in wins}
@@ -196,7 +204,7 @@ class Watcher:
         self,
         name: str,
         window: int | None,
-        settle_s: float,
+        settle_s: float | None,
         reference: str | None,
         registry: Any,
     ) -> None:
@@ -204,10 +212,11 @@ class Watcher:
 
         from prometheus_client import Counter, Gauge
 
-        from mlsys.recommender.monitor import WINDOW, Monitor, WindowBuilder
+        from mlsys.recommender.monitor import SETTLE_S, WINDOW, Monitor, WindowBuilder
         from mlsys.tagger.monitor import TagMonitor
 
-        self.name, self.window, self.settle_s, self.reference = name, window, settle_s, reference
+        self.name, self.window, self.reference = name, window, reference
+        self.settle_s = SETTLE_S if settle_s is None else settle_s
         self.builder = WindowBuilder(window or WINDOW)
         self.monitors: dict[str, Monitor] = {}
         self.tag_monitors: dict[str, TagMonitor] = {}
