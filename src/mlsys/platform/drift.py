@@ -1,5 +1,5 @@
 """Two-sample drift statistics: Evidently's choice of test, with thresholds calibrated on the
-reference itself (issue 17's foundation; the reference profiles and live windows build on it).
+reference itself (the monitors of recommender/monitor.py and tagger/monitor.py use them).
 
 Evidently's data-drift preset picks the test by column type and reference size, and this
 module follows the same rule so that verdicts compare:
@@ -16,7 +16,8 @@ noisy. NannyML's answer, used here too: compute the statistic on chunks of the r
 have the window's size, each against the rest of the reference, and alarm only above what
 undrifted chunks reach (`calibrate`: the 99.5 % point of the chunk statistics times a margin,
 never below the fixed threshold). A window then alarms on a shift, not on its own sample
-noise.
+noise. A window of many columns alarms when any of them does, so `baseline` calibrates the
+columns of one table as a family (see there).
 
 The statistics are scipy's (`ks_2samp`, `chisquare`, `wasserstein_distance`,
 `spatial.distance.jensenshannon`); Evidently itself is ~1 GB of dependencies.
