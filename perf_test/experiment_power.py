@@ -70,10 +70,8 @@ def main() -> int:
     agree = 0
     for i, row in enumerate(rows):
         cands = np.asarray(row["candidate_restaurant_ids"], dtype=np.int64)
-        fetched = Rows("replay", users[row["user_id"]], np.arange(len(cands)),
-                       restaurants[cands], locations[cands, 0], locations[cands, 1], 0)  # fmt: skip
-        query = Query(row["user_id"], cands.tolist(), row["latitude"], row["longitude"],
-                      row["size"], row["max_dist"], row["sort_dist"])  # fmt: skip
+        query = Query.of_request(row)
+        fetched = Rows.in_memory(users[query.user_id], cands, restaurants, locations)
         first, second = rank(query, fetched, champion), rank(query, fetched, challenger)
         u10 = users[row["user_id"], :10].astype(np.float64)
 

@@ -128,3 +128,17 @@ def test_a_window_with_too_few_values_is_not_judged() -> None:
     family = baseline(reference, {"x": 500})
     assert window_drift(family, {"x": rng.standard_normal(200) + 5}) == {}
     assert window_drift(family, {"x": rng.standard_normal(400) + 5})["x"].drifted
+
+
+def test_each_table_is_calibrated_on_its_own_and_one_too_small_is_left_out() -> None:
+    rng = np.random.default_rng(6)
+    reference = {
+        "a": rng.standard_normal(3000),  # a table of 3,000 rows
+        "b": rng.standard_normal(3000),
+        "c": rng.standard_normal(1000),  # another of 1,000
+        "d": rng.standard_normal(150),  # too small for windows of 100
+    }
+    family = baseline(reference, dict.fromkeys(reference, 100))
+    assert set(family.thresholds) == {"a", "b", "c"}
+    window = {k: rng.standard_normal(100) for k in reference}
+    assert set(window_drift(family, window)) == {"a", "b", "c"}

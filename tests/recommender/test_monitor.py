@@ -27,6 +27,7 @@ def trained(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("monitor") / "model"
     args = ["--lr", "1e-2", "--epochs", "3", "--threads", "1", "--no-track", "--no-progress"]
     assert main(["train", "ranknet", str(tiny_data), "--out", str(out), *args]) == 0
+    assert (out / "reference.parquet").is_file() and (out / "reference_requests.parquet").is_file()
     return out
 
 

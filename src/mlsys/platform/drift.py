@@ -189,34 +189,40 @@ def baseline(
     whole window, not each column, rarely alarms.
 
     A window alarms when any of its columns does, so with 40 columns each at 0.5 % a window
-    would alarm about 20 % of the time. When the columns are rows of one table (the same
-    length and window size) the chunks take the same rows from every column, as a window
-    does: each column's threshold starts at its `quantile` point, then all are widened by
-    the factor that keeps the `family_quantile` of the chunks' worst column below threshold,
-    and by `margin`. Otherwise each column is calibrated alone (`calibrate`).
+    would alarm about 20 % of the time. Columns of one table (the same length and window
+    size) are calibrated as a family: the chunks take the same rows from every column, as a
+    window does; each column's threshold starts at its `quantile` point, then all are widened
+    by the factor that keeps the `family_quantile` of the chunks' worst column below
+    threshold, and by `margin`. A table too small for its window (at most twice its size) is
+    left out of the baseline, so its columns are not judged.
     """
     columns = {k: np.asarray(v, dtype=np.float64) for k, v in reference.items()}
-    names = list(columns)
-    lengths = {len(columns[k]) for k in names}
-    windows = {int(sizes[k]) for k in names}
-    if len(lengths) != 1 or len(windows) != 1:
-        thresholds = {k: calibrate(columns[k], sizes[k], chunks, quantile, margin, seed)
-                      for k in names}  # fmt: skip
-        return Baseline(columns, thresholds, {k: int(sizes[k]) for k in names})
-    window = windows.pop()
-    picks = _chunk_picks(lengths.pop(), window, chunks, seed)
-    methods = {k: method_for(columns[k]) for k in names}
-    values = {k: _chunk_statistics(methods[k], columns[k], window, picks) for k in names}
-    # Each column's own threshold first (never under the fixed one: a constant column's
-    # chunks all measure 0), then the family's widening.
-    start = {k: _widen(methods[k], _quantile(methods[k], values[k], quantile), 1.0) for k in names}
-    worst = np.max(
-        [[severity(ColumnDrift(methods[k], v, start[k], False)) for v in values[k]] for k in names],
-        axis=0,
-    )  # per chunk, its most drifted column, relative to that column's start
-    family = max(1.0, float(np.quantile(worst, family_quantile)))
-    thresholds = {k: _widen(methods[k], start[k], family * margin) for k in names}
-    return Baseline(columns, thresholds, dict.fromkeys(names, window))
+    tables: dict[tuple[int, int], list[str]] = {}
+    for k, v in columns.items():
+        tables.setdefault((len(v), int(sizes[k])), []).append(k)
+    thresholds: dict[str, float] = {}
+    for (rows, window), names in tables.items():
+        if window >= rows // 2:
+            continue
+        picks = _chunk_picks(rows, window, chunks, seed)
+        methods = {k: method_for(columns[k]) for k in names}
+        values = {k: _chunk_statistics(methods[k], columns[k], window, picks) for k in names}
+        # Each column's own threshold first (never under the fixed one: a constant column's
+        # chunks all measure 0), then the family's widening.
+        start = {k: _widen(methods[k], _quantile(methods[k], values[k], quantile), 1.0)
+                 for k in names}  # fmt: skip
+        # Per chunk, its most drifted column, relative to that column's start.
+        worst = np.max(
+            [
+                [severity(ColumnDrift(methods[k], v, start[k], False)) for v in values[k]]
+                for k in names
+            ],
+            axis=0,
+        )
+        family = max(1.0, float(np.quantile(worst, family_quantile)))
+        thresholds.update({k: _widen(methods[k], start[k], family * margin) for k in names})
+    kept = {k: columns[k] for k in thresholds}
+    return Baseline(kept, thresholds, {k: int(sizes[k]) for k in kept})
 
 
 def window_drift(

@@ -370,6 +370,19 @@ class Rows:
     longitude: Float64Array  # (k,)
     unknown: int  # candidates not in the store
 
+    @classmethod
+    def in_memory(
+        cls,
+        user: FloatMatrix,
+        candidate_ids: npt.NDArray[np.int64],
+        restaurants: FloatMatrix,
+        locations: Float64Array,
+    ) -> Rows:
+        """What `OnlineStore.fetch` reads, from feature tables held in memory (the replay, the
+        reference profile): every candidate known."""
+        return cls("memory", user, np.arange(len(candidate_ids)), restaurants[candidate_ids],
+                   locations[candidate_ids, 0], locations[candidate_ids, 1], 0)  # fmt: skip
+
 
 class OnlineStore:
     """The serving side of the store: one pipelined round trip per request.

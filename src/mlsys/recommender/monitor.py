@@ -6,7 +6,9 @@ version scored. Three things are judged per window, each with `platform/drift.py
 and thresholds calibrated for the window's size:
 
 - **features**: the 40 input features of the scored rows against `reference.parquet` (the
-  version's training pairs). A covariate shift shows here, and names its features.
+  version's training pairs), and each request's candidates, reachable candidates and the
+  scored row's distance against `reference_requests.parquet`. A covariate shift shows here,
+  and names its features.
 - **prediction**: the scored rows' click probabilities against the reference's.
 - **outcome**: what users did with the answers the version gave alone (not interleaved):
   clicks per answer (`ctr`) and, per answer with clicks, the mean model score of the
@@ -33,7 +35,12 @@ from mlsys.platform import drift_report
 from mlsys.platform.drift import Baseline, ColumnDrift, baseline, window_drift
 from mlsys.platform.drift_report import Columns, Roles, judged_window, read_columns
 from mlsys.platform.event_log import entry_key
-from mlsys.recommender.reference import REFERENCE_FILE, reference_columns
+from mlsys.recommender.reference import (
+    REFERENCE_FILE,
+    REQUEST_COLUMNS,
+    REQUESTS_REFERENCE_FILE,
+    reference_columns,
+)
 
 PREDICTION = "score"
 OUTCOMES = ("ctr", "clicked_score")
@@ -44,7 +51,13 @@ MAX_CLICKED = 1_000_000
 
 
 def load_reference(model_dir: str | Path) -> Columns:
-    return read_columns(Path(model_dir) / REFERENCE_FILE, (*reference_columns(), PREDICTION))
+    """The training pairs and, when the model has one, the request profile (its columns are
+    calibrated as their own table)."""
+    folder = Path(model_dir)
+    columns = read_columns(folder / REFERENCE_FILE, (*reference_columns(), PREDICTION))
+    if (folder / REQUESTS_REFERENCE_FILE).is_file():
+        columns.update(read_columns(folder / REQUESTS_REFERENCE_FILE, REQUEST_COLUMNS))
+    return columns
 
 
 @dataclass
@@ -55,7 +68,7 @@ class Window:
     last: str
     last_ms: int
     answers: int
-    inputs: Columns  # the 40 features and the score
+    inputs: Columns  # the 40 features, the score, and the request's three
     outcomes: Columns  # ctr, clicked_score (from the answers this version gave alone)
 
 
@@ -96,6 +109,9 @@ class WindowBuilder:
         matrix = np.asarray([r["sample"] for r in rows], dtype=np.float64)
         inputs = {name: matrix[:, j] for j, name in enumerate(reference_columns())}
         inputs[PREDICTION] = np.asarray([r["sample_score"] for r in rows], dtype=np.float64)
+        for name, key in zip(REQUEST_COLUMNS, ("sample_distance", "candidates", "reachable"),
+                             strict=True):  # fmt: skip
+            inputs[name] = np.asarray([r[key] for r in rows], dtype=np.float64)
         alone = [r for r in rows if r["model"] == version]
         got = [self.clicked.pop(r["request_id"], []) for r in alone]
         scores = [

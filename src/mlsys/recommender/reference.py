@@ -8,6 +8,11 @@ the model's click probability for the pair, the score `/recommend` returns. A sa
 histograms: the two-sample statistics of `platform/drift.py` (Kolmogorov-Smirnov, Wasserstein)
 need values, and thresholds are calibrated on chunks of this sample for whatever window a
 monitor uses.
+
+Beside it, `reference_requests.parquet` profiles the requests of the data's requests.parquet
+(when it has one) the way /recommend meets them: per request, the candidates asked for, how
+many are within `max_dist`, and the distance of one reachable candidate drawn at random, the
+same three things every logged answer carries (`impressions.scored_sample`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from mlsys.recommender.service import Scorer
 from mlsys.recommender.stream import FeatureTables
 
 REFERENCE_FILE = "reference.parquet"
+REQUESTS_REFERENCE_FILE = "reference_requests.parquet"
 REFERENCE_ROWS = 5000
+REQUEST_COLUMNS = ("distance", "candidates", "reachable")
 
 
 def reference_columns() -> list[str]:
@@ -62,8 +69,42 @@ def write_reference(
     features = np.concatenate([u, r], axis=1)
     columns: dict[str, Any] = {name: features[:, j] for j, name in enumerate(reference_columns())}
     columns["score"] = scores
+    path = out / REFERENCE_FILE
+    _write(path, columns)
+    if dataset.has_requests:
+        _write(out / REQUESTS_REFERENCE_FILE, _request_profile(dataset, tables, rows, rng))
+    return path
+
+
+def _request_profile(
+    dataset: ClickDataset, tables: FeatureTables, rows: int, rng: np.random.Generator
+) -> dict[str, Any]:
+    """Up to `rows` requests of requests.parquet with a reachable candidate, met the way
+    `service.reachable` meets them."""
+    from mlsys.recommender.data import REQUESTS_SCHEMA, read_columns
+    from mlsys.recommender.features import Rows
+    from mlsys.recommender.service import Query, reachable
+
+    pf = open_parquet(dataset.requests_path, REQUESTS_SCHEMA)
+    requests = read_columns(dataset.requests_path, pf, list(REQUESTS_SCHEMA)).to_pylist()
+    locations = dataset.restaurant_locations()
+    out: dict[str, list[float]] = {name: [] for name in REQUEST_COLUMNS}
+    for i in rng.permutation(len(requests)):
+        query = Query.of_request(requests[i])
+        cands = np.asarray(query.candidate_ids, dtype=np.int64)
+        user = tables.users[query.user_id]
+        reach = reachable(query, Rows.in_memory(user, cands, tables.restaurants, locations))
+        if not len(reach.ids):  # such an answer carries no monitored row either
+            continue
+        out["distance"].append(float(reach.displacement[rng.integers(len(reach.ids))]))
+        out["candidates"].append(float(len(cands)))
+        out["reachable"].append(float(len(reach.ids)))
+        if len(out["distance"]) == rows:
+            break
+    return out
+
+
+def _write(path: Path, columns: dict[str, Any]) -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table(columns), sink)
-    path = out / REFERENCE_FILE
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
-    return path

@@ -40,22 +40,14 @@ class World:
 
 
 def load_world(data_dir: str | Path) -> World:
-    import json
-
-    from mlsys.recommender.data import open_dataset
+    from mlsys.recommender.data import REQUESTS_SCHEMA, open_dataset, open_parquet, read_columns
 
     ds = open_dataset(data_dir)
-    population = load_population(data_dir)
-    queries = []
-    for user, body in zip(population.users, population.bodies, strict=True):
-        b = json.loads(body)
-        queries.append(
-            Query(int(user), b["candidate_restaurant_ids"], b["latitude"], b["longitude"],
-                  b["size"], b["max_dist"], b["sort_dist"])
-        )  # fmt: skip
+    pf = open_parquet(ds.requests_path, REQUESTS_SCHEMA)
+    rows = read_columns(ds.requests_path, pf, list(REQUESTS_SCHEMA)).to_pylist()
     return World(
-        population, ds.user_features(), ds.restaurant_features(), ds.restaurant_locations(),
-        queries,
+        load_population(data_dir), ds.user_features(), ds.restaurant_features(),
+        ds.restaurant_locations(), [Query.of_request(row) for row in rows],
     )  # fmt: skip
 
 
@@ -90,10 +82,9 @@ def _answers(
                 order_of = rng.permutation(n)
             query = world.queries[int(order_of[k % n])]
             cands = np.asarray(query.candidate_ids, dtype=np.int64)
-            rows = Rows("replay", world.users[query.user_id], np.arange(len(cands)),
-                        world.restaurants[cands], world.locations[cands, 0],
-                        world.locations[cands, 1], 0)  # fmt: skip
-            reach = reachable(query, rows)
+            user = world.users[query.user_id]
+            reach = reachable(query, Rows.in_memory(user, cands, world.restaurants,
+                                                    world.locations))  # fmt: skip
             ranking = order(query, reach, scorer)
             request_id = f"replay-{seed}-{i}"
             sample = scored_sample(hash_id(request_id), reach, scorer, label)

@@ -112,6 +112,12 @@ class Query:
     max_dist: float = 5000.0
     sort_dist: bool = False
 
+    @classmethod
+    def of_request(cls, row: dict[str, Any]) -> Query:
+        """A row of requests.parquet (its columns are the body's fields, plus user_id)."""
+        return cls(int(row["user_id"]), list(row["candidate_restaurant_ids"]), row["latitude"],
+                   row["longitude"], row["size"], row["max_dist"], row["sort_dist"])  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Ranking:
