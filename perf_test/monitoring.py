@@ -305,7 +305,9 @@ def live(args: argparse.Namespace, work: Path, docs: Path) -> dict[str, Any]:
         from mlsys.platform.event_log import IMPRESSIONS, entry_key, read_stream
 
         logged = list(read_stream(redis.Redis.from_url(stack.log_redis.url), IMPRESSIONS))
-    alarm = next((w for w in report["windows"] if w["drifted"]), None)
+    ts_of = {r["stream_id"]: r["ts_ms"] for r in logged}
+    after_shift = [w for w in report["windows"] if ts_of[w["last"]] > shifted_ms]
+    alarm = next((w for w in after_shift if w["drifted"]), None)
     detect = None
     if alarm is not None:  # answers logged after the shift, up to the alarm window's last
         last = entry_key(alarm["last"])
@@ -314,14 +316,21 @@ def live(args: argparse.Namespace, work: Path, docs: Path) -> dict[str, Any]:
     for name in ("report.md", "drift.png"):
         shutil.copy(work / "live-report" / name, docs / f"live-{name}")
     result = {
-        "clean_answers": before["ok"], "drifted_answers": after["ok"],
-        "features_load_s": round(load_s, 1), "windows": len(report["windows"]),
+        "clean_answers": before["ok"],
+        "drifted_answers": after["ok"],
+        "features_load_s": round(load_s, 1),
+        "windows": len(report["windows"]),
         "first_alarm_window": None if alarm is None else alarm["index"],
         "alarm_features": None if alarm is None else alarm["features"],
         "requests_to_detect": detect,
-        "flagged_windows": [w["index"] for w in report["windows"] if w["drifted"]],
+        "flagged_windows": {
+            w["index"]: w["features"] + w["prediction_drift"] + w["outcome_drift"]
+            for w in report["windows"]
+            if w["drifted"]
+        },
+        "first_window_after_shift": after_shift[0]["index"] if after_shift else None,
         "statuses": [before["statuses"], after["statuses"]],
-    }  # fmt: skip
+    }
     print(json.dumps(result), flush=True)
     return result
 
