@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -18,7 +19,8 @@ def _memory_gib(value: str) -> float:
 
 def test_compose_services_healthchecks_and_budget() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
+    # The default services (no profile): the task's single machine and its budget.
+    services = {k: v for k, v in compose["services"].items() if "profiles" not in v}
     assert set(services) == {"redis", "log-redis", "feature-loader", "api"}
     assert services["redis"]["healthcheck"]["test"][-1] == "ping"
     log = services["log-redis"]["command"]
@@ -128,3 +130,84 @@ def test_grafana_dashboard_panels_query_exported_metrics() -> None:
         assert any(topic in t for t in titles), topic
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_compose_replicas_profile_puts_several_apis_behind_the_proxy() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    replica, proxy = compose["api-replica"], compose["proxy"]
+    assert replica["profiles"] == proxy["profiles"] == ["replicas"]
+    assert replica["deploy"]["replicas"] >= 2 and "ports" not in replica  # only via the proxy
+    assert replica["command"][:2] == ["mlsys", "serve"] and "/readyz" in str(replica["healthcheck"])
+    assert proxy["depends_on"]["api-replica"]["condition"] == "service_healthy"
+    conf = (ROOT / "deploy/nginx/nginx.conf").read_text()
+    assert "server api-replica:8000" in conf and "proxy_pass http://mlsys_api" in conf
+    assert "./deploy/nginx/nginx.conf:/etc/nginx/nginx.conf:ro" in proxy["volumes"]
+
+
+def _manifests() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((ROOT / "deploy/k8s/kustomization.yaml").read_text())
+    docs = []
+    for name in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((ROOT / "deploy/k8s" / name).read_text()) if d]
+    return docs
+
+
+def test_kubernetes_manifests_validate_against_the_schemas() -> None:
+    import kubernetes_validate
+
+    files = {p.name for p in (ROOT / "deploy/k8s").glob("*.yaml")} - {"kustomization.yaml"}
+    listed = yaml.safe_load((ROOT / "deploy/k8s/kustomization.yaml").read_text())["resources"]
+    assert set(listed) == files  # nothing written that `kubectl apply -k` would skip
+    for doc in _manifests():
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)  # raises on any error
+
+
+def test_kubernetes_api_is_probed_scaled_and_protected() -> None:
+    by_kind: dict[tuple[str, str], dict[str, Any]] = {
+        (d["kind"], d["metadata"]["name"]): d for d in _manifests()
+    }
+    api = by_kind[("Deployment", "mlsys-api")]
+    pod = api["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    container = pod["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["args"][:4] == ["mlsys", "serve", "--model", "models:/ranknet@champion"]
+    service = by_kind[("Service", "mlsys-api")]
+    assert service["spec"]["selector"].items() <= labels.items()
+    hpa = by_kind[("HorizontalPodAutoscaler", "mlsys-api")]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "mlsys-api" and hpa["spec"]["minReplicas"] >= 2
+    pdb = by_kind[("PodDisruptionBudget", "mlsys-api")]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    job = by_kind[("Job", "mlsys-feature-loader")]
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][:3] == [
+        "mlsys",
+        "features",
+        "load",
+    ]
+    for doc in by_kind.values():  # every pod: non-root, with limits
+        spec = doc.get("spec", {}).get("template", {}).get("spec")
+        if spec is None:
+            continue
+        assert spec["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
+        for c in spec["containers"]:
+            assert {"cpu", "memory"} <= set(c["resources"]["limits"]), doc["metadata"]["name"]
+
+
+def test_the_config_map_sets_settings_that_mlsys_reads() -> None:
+    """Every MLSYS_ variable the ConfigMap sets is a Settings field, and `mlsys serve` takes
+    those without a flag from the environment."""
+    from mlsys.cli import build_parser
+    from mlsys.compose.commands import serve_settings
+    from mlsys.platform.settings import PREFIX, Settings
+
+    config = next(d for d in _manifests() if d["kind"] == "ConfigMap")["data"]
+    fields = {PREFIX + f.upper() for f in Settings.__dataclass_fields__}
+    assert {k for k in config if k.startswith(PREFIX)} <= fields
+    env = {"MLSYS_LOG_MAX_LEN": "1234", "MLSYS_LOG_REDIS_URL": "redis://log:6379/0"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        args = build_parser().parse_args(["serve", "--model", "m"])
+        settings = serve_settings(args, "m", None)
+    assert settings.log_max_len == 1234 and settings.log_redis_url == "redis://log:6379/0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING
 
 from mlsys.platform.settings import REDIS_HELP, Settings, redis_url_from_env
@@ -35,10 +36,10 @@ def _add_serving_commands(verbs: Verbs) -> None:
     p.add_argument("--redis", default=redis_url_from_env(), metavar="URL", help=REDIS_HELP)
     p.add_argument(
         "--log-redis",
-        default=None,
+        default=os.environ.get("MLSYS_LOG_REDIS_URL") or None,
         metavar="URL",
-        help="the impression log's and rollout state's Redis (default: --redis; run it with "
-        "an append-only file)",
+        help="the impression log's and rollout state's Redis (default: $MLSYS_LOG_REDIS_URL, "
+        "else --redis; run it with an append-only file)",
     )
     p.add_argument(
         "--no-impressions", action="store_true",
@@ -124,7 +125,6 @@ def _add_serving_commands(verbs: Verbs) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import os
 
     from mlsys.compose.app import FACTORY
     from mlsys.platform.server import serve
@@ -135,22 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.tagger_model is None
         else _model_source(args.tagger_model, "tagger.json", "train one with `mlsys train tagger`")
     )
-    settings = Settings(
-        model_dir=model,
-        redis_url=args.redis,
-        redis_timeout_s=args.redis_timeout,
-        max_body_bytes=args.max_body_bytes,
-        admin_token=os.environ.get("MLSYS_ADMIN_TOKEN") or None,
-        tagger_model_dir=tagger,
-        log_requests=not args.no_access_log,
-        header_timeout_s=args.header_timeout,
-        body_timeout_s=args.body_timeout,
-        max_connections=args.max_connections,
-        model_refresh_s=args.model_refresh,
-        log_redis_url=args.log_redis,
-        log_impressions=not args.no_impressions,
-        monitor_sample=args.monitor_sample,
-    )
+    settings = serve_settings(args, model, tagger)
     workers = args.workers or os.cpu_count() or 1
     print(
         f"serving on http://{args.host}:{args.port} with {workers} workers "
@@ -166,6 +151,29 @@ def _serve(args: argparse.Namespace) -> int:
         limit_concurrency=args.limit_concurrency,
     )
     return 0
+
+
+def serve_settings(args: argparse.Namespace, model: str, tagger: str | None) -> Settings:
+    """Settings without a flag (log_max_len, feedback_window_s, ...) come from the environment
+    (MLSYS_*, as docker-compose and the Kubernetes ConfigMap set them); flags override."""
+    import dataclasses
+
+    return dataclasses.replace(
+        Settings.from_env(),
+        model_dir=model,
+        redis_url=args.redis,
+        redis_timeout_s=args.redis_timeout,
+        max_body_bytes=args.max_body_bytes,
+        tagger_model_dir=tagger,
+        log_requests=not args.no_access_log,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections,
+        model_refresh_s=args.model_refresh,
+        log_redis_url=args.log_redis,
+        log_impressions=not args.no_impressions,
+        monitor_sample=args.monitor_sample,
+    )
 
 
 def _model_source(source: str, marker: str, hint: str) -> str:
