@@ -102,3 +102,20 @@ def test_monitor_drift_reads_the_log_and_writes_its_report(
     assert f"mlsys_feature_drift{{{labels}}}" in gauges
     assert 'mlsys_ctr{arm="champion",model="ranknet-monitor"}' in gauges
     client.delete(stream_key("impressions"), stream_key("clicks"))
+
+
+def test_monitor_drift_says_when_no_window_is_complete_yet(
+    trained: Path, clean: World, redis_server: Any, tmp_path: Path, capsys: Any
+) -> None:
+    impressions, _ = replay([(clean, 30)], load_model(trained).scorer, LABEL)
+    client = redis.Redis.from_url(redis_server.url)
+    client.delete(stream_key("impressions"), stream_key("clicks"))
+    for record in impressions:
+        client.xadd(stream_key("impressions"), {"json": json.dumps(record)})
+    capsys.readouterr()
+    assert main(["monitor", "drift", "ranknet-monitor", "--redis", redis_server.url,
+                 "--reference", str(trained), "--out", str(tmp_path)]) == 0  # fmt: skip
+    assert "No complete window yet: a window is 500 answers" in capsys.readouterr().out
+    client.delete(stream_key("impressions"))
+    assert main(["monitor", "drift", "ranknet-monitor", "--redis", redis_server.url]) == 1
+    assert "no monitored answers of ranknet-monitor in the log" in capsys.readouterr().err

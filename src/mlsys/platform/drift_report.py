@@ -117,11 +117,17 @@ def write_report(
 
 def markdown(r: dict[str, Any]) -> str:
     state = "**drift**" if r["drifted"] else "no drift"
+    alarm = "none" if r["first_alarm"] is None else f"window {r['first_alarm']}"
+    if not r["windows"]:
+        return (
+            f"# Drift of {r['version']}\n\nNo complete window yet: a window is {r['window']} "
+            "answers, judged once its last answer has settled (`--settle`).\n"
+        )
     lines = [
         f"# Drift of {r['version']}",
         "",
         f"{len(r['windows'])} windows of {r['window']} answers; latest window: {state}. "
-        f"Windows flagged: {r['windows_flagged']}; first alarm: window {r['first_alarm']}.",
+        f"Windows flagged: {r['windows_flagged']}; first alarm: {alarm}.",
         "",
         f"- features flagged: {', '.join(r['features']) or 'none'}",
         f"- prediction drift: {', '.join(r['prediction_drift']) or 'none'}",
