@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlsys.platform.settings import REDIS_HELP, redis_url_from_env
 
@@ -260,6 +260,11 @@ def _add_train_commands(verbs: Verbs) -> None:
     p.add_argument("--limit-rows", type=int, default=None, help="use the first N rows per epoch")
     p.add_argument("--init-from", default=None, metavar="MODEL", help="warm start from an artifact")
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint.pt")
+    p.add_argument(
+        "--nproc", type=int, default=1, metavar="N",
+        help="data-parallel ranks on this machine (torch.distributed, gloo); each steps on "
+        "1/N of every batch of --batch-size rows (across machines: torchrun)",
+    )  # fmt: skip
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
@@ -278,6 +283,17 @@ def _add_train_commands(verbs: Verbs) -> None:
 
 
 def _train_ranknet(args: argparse.Namespace) -> int:
+    from mlsys.recommender.distributed import from_env, launch
+
+    if args.nproc > 1:
+        launch(args.nproc, _train_rank, args)
+        return 0
+    _train_rank(from_env(), args)  # one process, or one rank that torchrun started
+    return 0
+
+
+def _train_rank(ranks: Any, args: argparse.Namespace) -> None:
+    """One rank of `mlsys train ranknet` (rank 0 of 1 without --nproc or torchrun)."""
     from mlsys.platform.tracking import tracked_run, tracking_uri
     from mlsys.recommender.train import TrainConfig, train
 
@@ -290,7 +306,7 @@ def _train_ranknet(args: argparse.Namespace) -> int:
         shuffle=not args.no_shuffle,
         limit_rows=args.limit_rows,
     )
-    with tracked_run("ranknet", enabled=not args.no_track) as run:
+    with tracked_run("ranknet", enabled=ranks.is_main and not args.no_track) as run:
         train(
             args.data_dir,
             args.out,
@@ -300,10 +316,10 @@ def _train_ranknet(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             evaluate_test=not args.no_eval,
             run=run,
+            ranks=ranks,
         )
     if run.enabled:
         print(f"tracked as MLflow run {run.run_id} at {tracking_uri()}")
-    return 0
 
 
 def _evaluate_ranknet(args: argparse.Namespace) -> int:

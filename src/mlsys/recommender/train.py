@@ -31,6 +31,13 @@ from mlsys.files import atomic_file, atomic_write_json
 from mlsys.platform.tracking import Run
 from mlsys.recommender.artifact import load_ranknet, save_ranknet
 from mlsys.recommender.data import ClickDataset, open_dataset
+from mlsys.recommender.distributed import (
+    GradientSync,
+    Ranks,
+    all_sum,
+    broadcast_parameters,
+    shard,
+)
 from mlsys.recommender.fastgrad import FactoredStep
 from mlsys.recommender.model import RankNet
 from mlsys.recommender.reference import write_reference
@@ -38,6 +45,7 @@ from mlsys.recommender.service import Scorer
 from mlsys.recommender.stream import FeatureTables, iter_chunks, pooled_prefetch
 
 CHECKPOINT_FILE = "checkpoint.pt"
+ONE_PROCESS = Ranks()
 METRICS_FILE = "metrics.json"
 
 
@@ -108,8 +116,12 @@ def run_epoch(
     epoch: int,
     *,
     progress: bool = True,
+    ranks: Ranks = ONE_PROCESS,
+    sync: GradientSync | None = None,
 ) -> EpochStats:
-    """One pass over the training rows: step + Adam per batch, loss/accuracy per chunk."""
+    """One pass over the training rows: step + Adam per batch, loss/accuracy per chunk. With
+    several ranks (`distributed.py`) each steps on its shard of every batch and `sync` sums
+    the gradients; loss and accuracy are over the rank's rows, summed over ranks at the end."""
     batch = config.batch_size
     total = dataset.rows("train")
     if config.limit_rows is not None:
@@ -152,11 +164,23 @@ def run_epoch(
             sign = torch.from_numpy(chunk.sign)
             n = chunk.rows
             z = logits[:n]
+            mine = torch.zeros(n, dtype=torch.bool) if sync is not None else None
             for start in range(0, n, batch):
                 stop = min(start + batch, n)
-                step.step(x[start:stop], sign[start:stop], z[start:stop])
+                if sync is None:
+                    step.step(x[start:stop], sign[start:stop], z[start:stop])
+                else:
+                    a, b = shard(start, stop, ranks)
+                    if b > a:
+                        step.step(x[a:b], sign[a:b], z[a:b])
+                        mine[a:b] = True  # type: ignore[index]
+                    else:  # more ranks than rows in a last batch: this rank adds nothing
+                        sync.flat.zero_()
+                    sync.reduce((b - a) / (stop - start))
                 optimizer.step()
                 steps += 1
+            if mine is not None:
+                z, sign, n = z[mine], sign[mine], int(mine.sum())
             # BCE-with-logits is softplus(-margin); accuracy is margin > 0 (z > 0 <=> p > 0.5).
             margin = z * sign
             loss_sum += torch.nn.functional.softplus(-margin).sum(dtype=torch.float64)
@@ -171,6 +195,11 @@ def run_epoch(
             bar.update(n)
             ready = time.perf_counter()
     seconds = time.perf_counter() - started
+    if sync is not None:
+        total_loss, total_correct, total_rows = all_sum([float(loss_sum), float(correct), rows])
+        loss_sum = torch.tensor(total_loss, dtype=torch.float64)
+        correct = torch.tensor(int(total_correct))
+        rows = int(total_rows)
     return EpochStats(
         epoch=epoch + 1,
         rows=rows,
@@ -257,14 +286,19 @@ def train(
     stop_after_epochs: int | None = None,
     log: Callable[[str], None] = print,
     run: Run | None = None,
+    ranks: Ranks = ONE_PROCESS,
 ) -> TrainResult:
     """Train, checkpoint every epoch, evaluate on the test split, write model.pt + model.json.
 
     `stop_after_epochs` ends the run early as if killed after that many epochs (tests use it
     to check that `resume` reproduces an uninterrupted run). `run` (platform.tracking) gets
-    the config, every epoch's figures, the test metrics and the model directory.
+    the config, every epoch's figures, the test metrics and the model directory. With
+    several `ranks` (distributed.py) each trains on its shard of every batch and rank 0 alone
+    writes, logs and evaluates.
     """
     run = run or Run(None, None)
+    if not ranks.is_main:
+        log, progress = (lambda _: None), False
     if config.epochs < 1 or config.batch_size < 1:
         raise MlsysError("epochs and batch size must be >= 1")
     dataset = open_dataset(data_dir)
@@ -299,11 +333,19 @@ def train(
         f"{dataset.rows('train'):,} train rows, batch {config.batch_size}, {threads} thread(s)"
     )
     step = FactoredStep(model, config.batch_size)
+    sync = None
+    if ranks.world > 1:
+        broadcast_parameters(model)
+        sync = GradientSync(step.params)  # after FactoredStep, whose .grad it replaces
+        log(f"data parallel: {ranks.world} ranks, {config.batch_size} rows per step in all")
     for epoch in range(len(history), config.epochs):
         if stop_after_epochs is not None and epoch >= stop_after_epochs:
             return TrainResult(model, history)
-        stats = run_epoch(dataset, tables, step, optimizer, config, epoch, progress=progress)
+        stats = run_epoch(dataset, tables, step, optimizer, config, epoch, progress=progress,
+                          ranks=ranks, sync=sync)  # fmt: skip
         history.append(stats)
+        if not ranks.is_main:
+            continue
         _save_checkpoint(checkpoint, model, optimizer, config, history, dataset.checksum)
         atomic_write_json(out / METRICS_FILE, _metrics_payload(config, history, {}))
         run.log_metrics(
@@ -317,6 +359,8 @@ def train(
             f" {stats.input_wait_s:.1f} s waiting for input)"
         )
 
+    if not ranks.is_main:
+        return TrainResult(model, history)
     test: dict[str, float] = {}
     report: dict[str, Any] | None = None
     if evaluate_test:
