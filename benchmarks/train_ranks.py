@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--out", default="benchmarks/results/train_ranks.json")
+    parser.add_argument("--out", default="docs/scale-out/train_ranks.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mlsys-ranks-"))
     epochs: dict[str, list[float]] = {"1": [], "2": []}
