@@ -75,16 +75,21 @@ def test_every_kind_of_drift_is_caught_within_two_windows_naming_what_moved(
         assert not alarm["features"] and alarm["outcome_drift"]
 
 
+def _logged(url: str, trained: Path, clean: World, answers: int) -> Any:
+    """A log Redis holding `answers` replayed answers and their clicks, as the API writes."""
+    impressions, clicks = replay([(clean, answers)], load_model(trained).scorer, LABEL)
+    client = redis.Redis.from_url(url)
+    client.delete(stream_key("impressions"), stream_key("clicks"))
+    for stream, records in (("impressions", impressions), ("clicks", clicks)):
+        for record in records:
+            client.xadd(stream_key(stream), {"json": json.dumps(record)})
+    return client
+
+
 def test_monitor_drift_reads_the_log_and_writes_its_report(
     trained: Path, clean: World, redis_server: Any, tmp_path: Path, capsys: Any
 ) -> None:
-    impressions, clicks = replay([(clean, 1200)], load_model(trained).scorer, LABEL)
-    client = redis.Redis.from_url(redis_server.url)
-    client.delete(stream_key("impressions"), stream_key("clicks"))
-    for record in impressions:
-        client.xadd(stream_key("impressions"), {"json": json.dumps(record)})
-    for c in clicks:
-        client.xadd(stream_key("clicks"), {"json": json.dumps(c)})
+    client = _logged(redis_server.url, trained, clean, 1200)
     out = tmp_path / "report"
     args = ["--redis", redis_server.url, "--window", str(WINDOW), "--settle", "0",
             "--reference", str(trained)]  # fmt: skip
@@ -107,15 +112,11 @@ def test_monitor_drift_reads_the_log_and_writes_its_report(
 def test_monitor_drift_says_when_no_window_is_complete_yet(
     trained: Path, clean: World, redis_server: Any, tmp_path: Path, capsys: Any
 ) -> None:
-    impressions, _ = replay([(clean, 30)], load_model(trained).scorer, LABEL)
-    client = redis.Redis.from_url(redis_server.url)
-    client.delete(stream_key("impressions"), stream_key("clicks"))
-    for record in impressions:
-        client.xadd(stream_key("impressions"), {"json": json.dumps(record)})
+    client = _logged(redis_server.url, trained, clean, 30)
     capsys.readouterr()
     assert main(["monitor", "drift", "ranknet-monitor", "--redis", redis_server.url,
                  "--reference", str(trained), "--out", str(tmp_path)]) == 0  # fmt: skip
     assert "No complete window yet: a window is 500 answers" in capsys.readouterr().out
-    client.delete(stream_key("impressions"))
+    client.delete(stream_key("impressions"), stream_key("clicks"))
     assert main(["monitor", "drift", "ranknet-monitor", "--redis", redis_server.url]) == 1
     assert "no monitored answers of ranknet-monitor in the log" in capsys.readouterr().err
