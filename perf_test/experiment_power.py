@@ -46,7 +46,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from mlsys.platform.online_stats import first_decision
-    from mlsys.recommender.data import REQUESTS_SCHEMA, open_dataset, open_parquet, read_columns
+    from mlsys.recommender.data import open_dataset
     from mlsys.recommender.experiment import N_OPT_BY_MODE
     from mlsys.recommender.features import Rows
     from mlsys.recommender.impressions import interleave
@@ -58,8 +58,7 @@ def main() -> int:
     users = ds.user_features()
     restaurants = ds.restaurant_features()
     locations = ds.restaurant_locations()
-    pf = open_parquet(ds.requests_path, REQUESTS_SCHEMA)
-    rows = read_columns(ds.requests_path, pf, list(REQUESTS_SCHEMA)).to_pylist()
+    rows = ds.request_rows()
     champion = load_model(args.champion).scorer
     challenger = load_model(args.challenger).scorer
     rng = np.random.default_rng(args.seed)

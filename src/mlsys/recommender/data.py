@@ -227,6 +227,17 @@ class ClickDataset:
         column to bound memory; the click rule needs only the first 10."""
         return self._matrix(self.users_path, USERS_SCHEMA, USER_FEATURES[:first])
 
+    def request_rows(self) -> list[dict[str, Any]]:
+        """requests.parquet as one dict per request (10,000 at the kit's size): what the
+        simulator, the replay and the reference profile replay."""
+        if not self.has_requests:
+            raise DatasetError(self.requests_path, "no requests.parquet to replay")
+        pf = open_parquet(self.requests_path, REQUESTS_SCHEMA)
+        rows: list[dict[str, Any]] = read_columns(
+            self.requests_path, pf, list(REQUESTS_SCHEMA)
+        ).to_pylist()
+        return rows
+
     def restaurant_features(self) -> FloatMatrix:
         """(n_restaurants, 10) float32, row i = restaurant i."""
         return self._matrix(self.restaurants_path, RESTAURANTS_SCHEMA, RESTAURANT_FEATURES)

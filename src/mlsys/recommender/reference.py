@@ -81,12 +81,10 @@ def _request_profile(
 ) -> dict[str, Any]:
     """Up to `rows` requests of requests.parquet with a reachable candidate, met the way
     `service.reachable` meets them."""
-    from mlsys.recommender.data import REQUESTS_SCHEMA, read_columns
     from mlsys.recommender.features import Rows
     from mlsys.recommender.service import Query, reachable
 
-    pf = open_parquet(dataset.requests_path, REQUESTS_SCHEMA)
-    requests = read_columns(dataset.requests_path, pf, list(REQUESTS_SCHEMA)).to_pylist()
+    requests = dataset.request_rows()
     locations = dataset.restaurant_locations()
     out: dict[str, list[float]] = {name: [] for name in REQUEST_COLUMNS}
     for i in rng.permutation(len(requests)):

@@ -27,7 +27,7 @@ from mlsys.platform.rollout import hash_id
 from mlsys.recommender.features import Rows
 from mlsys.recommender.impressions import impression, scored_sample
 from mlsys.recommender.service import Query, Scorer, order, reachable
-from mlsys.recommender.simulate import Population, clicks, load_population
+from mlsys.recommender.simulate import Population, clicks, population_of
 
 
 @dataclass
@@ -40,13 +40,12 @@ class World:
 
 
 def load_world(data_dir: str | Path) -> World:
-    from mlsys.recommender.data import REQUESTS_SCHEMA, open_dataset, open_parquet, read_columns
+    from mlsys.recommender.data import open_dataset
 
     ds = open_dataset(data_dir)
-    pf = open_parquet(ds.requests_path, REQUESTS_SCHEMA)
-    rows = read_columns(ds.requests_path, pf, list(REQUESTS_SCHEMA)).to_pylist()
+    rows = ds.request_rows()
     return World(
-        load_population(data_dir), ds.user_features(), ds.restaurant_features(),
+        population_of(ds, rows), ds.user_features(), ds.restaurant_features(),
         ds.restaurant_locations(), [Query.of_request(row) for row in rows],
     )  # fmt: skip
 

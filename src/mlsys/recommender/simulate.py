@@ -36,13 +36,16 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from mlsys.errors import MlsysError
 from mlsys.recommender.generate import SCORE_NOISE, ClickRule
+
+if TYPE_CHECKING:
+    from mlsys.recommender.data import ClickDataset
 
 
 def examination(n: int) -> npt.NDArray[np.float64]:
@@ -109,13 +112,14 @@ class Population:
 
 
 def load_population(data_dir: str | Path) -> Population:
-    from mlsys.recommender.data import REQUESTS_SCHEMA, open_dataset, open_parquet, read_columns
+    from mlsys.recommender.data import open_dataset
 
     ds = open_dataset(data_dir)
-    if not ds.has_requests:
-        raise MlsysError(f"{data_dir}: no requests.parquet to replay")
-    pf = open_parquet(ds.requests_path, REQUESTS_SCHEMA)
-    rows = read_columns(ds.requests_path, pf, list(REQUESTS_SCHEMA)).to_pylist()
+    return population_of(ds, ds.request_rows())
+
+
+def population_of(ds: ClickDataset, rows: list[dict[str, Any]]) -> Population:
+    """The simulator's view of a dataset whose request rows were read already."""
     bodies = [
         json.dumps(
             {k: row[k] for k in ("candidate_restaurant_ids", "latitude", "longitude", "size",
