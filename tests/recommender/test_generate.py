@@ -202,7 +202,7 @@ def test_interrupted_run_leaves_nothing_behind(
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(generate, "_requests_table", interrupt)
+    monkeypatch.setattr(generate, "requests_table", interrupt)
     with pytest.raises(KeyboardInterrupt):
         generate_clicks(out, scale="tiny", seed=5, force=True, progress=False)
     assert (out / "manifest.json").read_text() == before

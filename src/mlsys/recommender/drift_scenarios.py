@@ -46,11 +46,11 @@ from mlsys.recommender.generate import (
     SCALES,
     ClickRule,
     Scale,
-    _file_entry,
-    _requests_table,
-    _write_feature_table,
     draw_entity_features,
+    file_entry,
+    requests_table,
     write_click_files,
+    write_feature_table,
 )
 from mlsys.recommender.model import RESTAURANT_FEATURES, USER_FEATURES
 
@@ -117,8 +117,8 @@ def generate_drift(
     bar = tqdm(total=sizes.train_rows + sizes.test_rows, unit="row", unit_scale=True,
                desc=f"drift {kind}", disable=not progress)  # fmt: skip
     with atomic_directory(Path(out_dir), force) as root:
-        _write_feature_table(root / USERS_FILE, "user_id", users, USER_FEATURES)
-        _write_feature_table(
+        write_feature_table(root / USERS_FILE, "user_id", users, USER_FEATURES)
+        write_feature_table(
             root / RESTAURANTS_FILE, "restaurant_id", restaurants, RESTAURANT_FEATURES,
             {"latitude": locations[:, 0], "longitude": locations[:, 1]},
         )  # fmt: skip
@@ -131,9 +131,9 @@ def generate_drift(
         bar.close()
         import pyarrow.parquet as pq
 
-        pq.write_table(_requests_table(sizes, seed + 100), root / REQUESTS_FILE)
+        pq.write_table(requests_table(sizes, seed + 100), root / REQUESTS_FILE)
         for name in (USERS_FILE, RESTAURANTS_FILE, REQUESTS_FILE):
-            files[name] = _file_entry(root / name)
+            files[name] = file_entry(root / name)
         manifest: dict[str, Any] = {
             "format": "mlsys-clicks",
             "generator_version": GENERATOR_VERSION,

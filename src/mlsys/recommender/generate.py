@@ -101,7 +101,7 @@ def draw_entity_features(
     return out
 
 
-def _write_feature_table(
+def write_feature_table(
     path: Path,
     id_name: str,
     features: npt.NDArray[np.float32],
@@ -213,7 +213,7 @@ def _write_click_file(task: tuple[Path, str, int, int, int]) -> tuple[str, int, 
     return str(path), rows, path.stat().st_size, sha256_file(path)
 
 
-def _requests_table(scale: Scale, seed: int) -> pa.Table:
+def requests_table(scale: Scale, seed: int) -> pa.Table:
     rng = np.random.default_rng([seed, SPLIT_CODES["requests"]])
     n = scale.requests
     users = rng.choice(scale.users, size=n, replace=False).astype(np.int64)
@@ -238,7 +238,7 @@ def _requests_table(scale: Scale, seed: int) -> pa.Table:
     )
 
 
-def _file_entry(path: Path) -> dict[str, Any]:
+def file_entry(path: Path) -> dict[str, Any]:
     return {
         "rows": pq.ParquetFile(path).metadata.num_rows,
         "bytes": path.stat().st_size,
@@ -322,13 +322,13 @@ def _generate_into(
     # 1-2. Feature tables, exactly the kit's legacy draw order.
     rs = np.random.RandomState(seed)
     users = draw_entity_features(rs, sizes.users, len(USER_FEATURES), bar.update)
-    _write_feature_table(root / USERS_FILE, "user_id", users, USER_FEATURES)
+    write_feature_table(root / USERS_FILE, "user_id", users, USER_FEATURES)
     users10 = np.ascontiguousarray(users[:, :10])
     del users
     restaurants = draw_entity_features(rs, sizes.restaurants, len(RESTAURANT_FEATURES))
     lat = rs.uniform(MIN_LAT, MAX_LAT, (sizes.restaurants, 1))[:, 0]
     lng = rs.uniform(MIN_LNG, MAX_LNG, (sizes.restaurants, 1))[:, 0]
-    _write_feature_table(
+    write_feature_table(
         root / RESTAURANTS_FILE,
         "restaurant_id",
         restaurants,
@@ -345,12 +345,12 @@ def _generate_into(
     files.update(write_click_files(root, splits, users10, restaurants, 0.0, seed, workers, bar))
 
     # 4. Requests for the load test.
-    pq.write_table(_requests_table(sizes, seed), root / REQUESTS_FILE)
+    pq.write_table(requests_table(sizes, seed), root / REQUESTS_FILE)
     bar.update(sizes.requests)
     bar.close()
 
     for name in (USERS_FILE, RESTAURANTS_FILE, REQUESTS_FILE):
-        files[name] = _file_entry(root / name)
+        files[name] = file_entry(root / name)
     return {
         "format": "mlsys-clicks",
         "generator_version": GENERATOR_VERSION,
