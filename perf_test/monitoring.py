@@ -101,12 +101,14 @@ def main() -> int:
 
 
 def _judge(monitor: Any, impressions: list[Any], clicks: list[Any]) -> list[dict[str, Any]]:
-    from mlsys.recommender.monitor import Monitor, WindowBuilder, scan
+    from mlsys.recommender.monitor import WindowBuilder, scan
 
     builder = WindowBuilder(monitor.size)
     builder.add(impressions, clicks)
-    fresh = Monitor(monitor.version, monitor.size, monitor.inputs)  # its own outcome baseline
-    judged: list[dict[str, Any]] = scan(fresh, builder.complete(now_ms=float("inf"), settle_s=0))
+    # Its own outcome baseline, the calibrated inputs reused.
+    judged: list[dict[str, Any]] = scan(
+        monitor.fresh(), builder.complete(now_ms=float("inf"), settle_s=0)
+    )
     return judged
 
 
@@ -242,7 +244,7 @@ def tagger(args: argparse.Namespace) -> dict[str, Any]:
     print("3. tagger: clean test images and each corruption", flush=True)
     model = TaggerModel(args.tagger)
     reference = load_reference(args.tagger)
-    calibrated = TagMonitor("tagger/1", reference)
+    calibrated = TagMonitor.for_reference("tagger/1", reference)
     data = open_garments(args.garments)
     uuids = data.test_uuids[REFERENCE_ROWS:]  # the reference is the first REFERENCE_ROWS
     out: dict[str, Any] = {"images": len(uuids), "window": calibrated.size,
@@ -259,9 +261,7 @@ def tagger(args: argparse.Namespace) -> dict[str, Any]:
             img = decode_image(raw)
             records.append(tag_record(raw, img, model.describe(model.predict_images([img])),
                                       "tagger/1"))  # fmt: skip
-        monitor = TagMonitor("tagger/1", reference)
-        monitor.baseline = calibrated.baseline
-        judged = [w for w, _ in monitor.add(records)]
+        judged = [w for w, _ in calibrated.fresh().add(records)]
         flagged = [w for w in judged if w["drifted"]]
         columns = sorted({c for w in flagged for c in w["features"] + w["prediction_drift"]})
         out[name] = {"windows": len(judged), "flagged": len(flagged), "columns": columns,

@@ -46,8 +46,7 @@ def _judge(monitor: Monitor, trained: Path, segments: list[tuple[World, int]]) -
     impressions, clicks = replay(segments, load_model(trained).scorer, LABEL)
     builder = WindowBuilder(WINDOW)
     builder.add(impressions, clicks)
-    fresh = Monitor(LABEL, WINDOW, monitor.inputs)
-    return scan(fresh, builder.complete(now_ms=float("inf"), settle_s=0))
+    return scan(monitor.fresh(), builder.complete(now_ms=float("inf"), settle_s=0))
 
 
 def test_undrifted_traffic_rarely_alarms(trained: Path, clean: World, calibrated: Monitor) -> None:

@@ -87,13 +87,12 @@ def test_training_writes_the_reference_and_corrupted_traffic_is_flagged(
     rows = [_served(model, data.image_bytes(u)) for u in uuids]
     reference = {c: np.asarray([r[c] for r in rows], dtype=np.float64) for c in COLUMNS}
     size = 20
-    clean = TagMonitor("tagger/1", reference, size)
+    clean = TagMonitor.for_reference("tagger/1", reference, size)
     test = data.test_uuids[:size]
     judged = clean.add([_served(model, data.image_bytes(u)) for u in test])
     assert [w["drifted"] for w, _ in judged] == [False]
 
-    corrupted = TagMonitor("tagger/1", reference, size)
-    corrupted.baseline = clean.baseline
+    corrupted = clean.fresh()
     records = []
     for i, u in enumerate(test):
         src = Image.open(io.BytesIO(data.image_bytes(u))).convert("RGB")

@@ -126,7 +126,7 @@ def _drift(args: argparse.Namespace) -> int:
         version = args.version or tags[-1]["model"]
         size = args.window or tagger.WINDOW
         reference = tagger.load_reference(reference_dir(version, args.reference))
-        judged = tagger.TagMonitor(version, reference, size).add(tags)
+        judged = tagger.TagMonitor.for_reference(version, reference, size).add(tags)
         windows = [w for w, _ in judged]
         live = {w["index"]: columns for w, columns in judged}
     else:
@@ -266,16 +266,14 @@ class Watcher:
         return lines
 
     def _recommender(self, w: Any) -> str:
-        from mlsys.platform.drift_report import judged_window
-        from mlsys.recommender.monitor import ROLES, Monitor, load_reference
+        from mlsys.recommender.monitor import ROLES, Monitor, load_reference, scan
 
         monitor = self.monitors.get(w.version)
         if monitor is None:
             reference = load_reference(reference_dir(w.version, self.reference))
             monitor = Monitor.for_reference(w.version, reference, self.builder.size)
             self.monitors[w.version] = monitor
-        judged = judged_window(w.index, w.first, w.last, w.answers, monitor.judge(w), ROLES)
-        return self._publish(w.version, judged, ROLES)
+        return self._publish(w.version, scan(monitor, [w])[0], ROLES)
 
     def _tagger(self, records: list[dict[str, Any]]) -> list[str]:
         from mlsys.tagger import monitor as tagger
@@ -285,7 +283,8 @@ class Watcher:
             monitor = self.tag_monitors.get(version)
             if monitor is None:
                 reference = tagger.load_reference(reference_dir(version, self.reference))
-                monitor = tagger.TagMonitor(version, reference, self.window or tagger.WINDOW)
+                size = self.window or tagger.WINDOW
+                monitor = tagger.TagMonitor.for_reference(version, reference, size)
                 self.tag_monitors[version] = monitor
             for judged, _ in monitor.add(records):
                 lines.append(self._publish(version, judged, tagger.ROLES))

@@ -151,6 +151,11 @@ class Monitor:
         sizes = dict.fromkeys(reference, size)
         return cls(version, size, baseline(reference, sizes), baseline_windows)
 
+    def fresh(self) -> Monitor:
+        """The same calibrated inputs, no outcome baseline yet: another stream judged alike
+        (calibration takes seconds; a new baseline grows from the stream's first windows)."""
+        return Monitor(self.version, self.size, self.inputs, self.baseline_windows)
+
     def judge(self, window: Window) -> dict[str, ColumnDrift]:
         """Every column's drift in `window`; the outcome once its baseline exists (the first
         `baseline_windows` windows become it)."""

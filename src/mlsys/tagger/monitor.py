@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mlsys.platform.drift import baseline, window_drift
+from mlsys.platform.drift import Baseline, baseline, window_drift
 from mlsys.platform.drift_report import Columns, Roles, judged_window
 from mlsys.tagger.schema import CATEGORIES, TAGS
 
@@ -150,11 +150,18 @@ def load_reference(model_dir: str | Path) -> Columns:
 class TagMonitor:
     """A tagger version's reference, calibrated once, and the windows cut from its records."""
 
-    def __init__(self, version: str, reference: Columns, size: int = WINDOW) -> None:
-        self.version, self.size = version, size
-        self.baseline = baseline(reference, dict.fromkeys(reference, size))
+    def __init__(self, version: str, calibrated: Baseline, size: int = WINDOW) -> None:
+        self.version, self.size, self.baseline = version, size, calibrated
         self.pending: list[dict[str, Any]] = []
         self.done = 0
+
+    @classmethod
+    def for_reference(cls, version: str, reference: Columns, size: int = WINDOW) -> TagMonitor:
+        return cls(version, baseline(reference, dict.fromkeys(reference, size)), size)
+
+    def fresh(self) -> TagMonitor:
+        """The same calibrated reference, no windows yet: another stream judged alike."""
+        return TagMonitor(self.version, self.baseline, self.size)
 
     def add(self, records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Columns]]:
         """Judge the windows `records` complete: (verdict, the window's columns) each."""
