@@ -68,6 +68,12 @@ def add_commands(verbs: Verbs) -> None:
     p.add_argument("--once", action="store_true", help="one pass, print the gauges, exit")
 
 
+def served_by(name: str, record: dict[str, Any], *keys: str) -> bool:
+    """Whether a logged record names a version of model `name` ("ranknet/3") under any of
+    `keys`."""
+    return any(str(record.get(key, "")).startswith(name + "/") for key in keys)
+
+
 def reference_dir(label: str, override: str | None) -> Path:
     """The model folder of a logged version label ("ranknet/3"): the registry's files."""
     if override is not None:
@@ -118,8 +124,7 @@ def _drift(args: argparse.Namespace) -> int:
     from mlsys.platform.event_log import TAGS, read_stream
 
     client = log_client(args.redis)
-    prefix = args.name + "/"
-    tags = [r for r in read_stream(client, TAGS) if str(r.get("model", "")).startswith(prefix)]
+    tags = [r for r in read_stream(client, TAGS) if served_by(args.name, r, "model")]
     if tags:  # a tagger's answers
         from mlsys.tagger import monitor as tagger
 
@@ -160,8 +165,7 @@ def _recommender_windows(args: argparse.Namespace, client: Any) -> tuple[Any, ..
     settle = SETTLE_S if args.settle is None else args.settle
     impressions = load_log(client, IMPRESSIONS, args.log)
     clicks = load_log(client, CLICKS, args.log)
-    prefix = args.name + "/"
-    mine = [r for r in impressions if str(r.get("sample_model", "")).startswith(prefix)]
+    mine = [r for r in impressions if served_by(args.name, r, "sample_model")]
     version = args.version or (mine[-1]["sample_model"] if mine else None)
     if version is None:
         return None, size, {}, [], {}
@@ -253,14 +257,12 @@ class Watcher:
             new[stream] = list(read_stream(client, stream, after=self.after.get(stream)))
             if new[stream]:
                 self.after[stream] = new[stream][-1]["stream_id"]
-        prefix = self.name + "/"
-        mine = [r for r in new[IMPRESSIONS] if str(r.get("model", "")).startswith(prefix)
-                or str(r.get("champion", "")).startswith(prefix)]  # fmt: skip
+        mine = [r for r in new[IMPRESSIONS] if served_by(self.name, r, "model", "champion")]
         self.builder.add(mine, new[CLICKS])
         self._tally_ctr(mine, new[CLICKS])
         lines = [self._recommender(w) for w in self.builder.complete(time.time() * 1000,
                                                                      self.settle_s)]  # fmt: skip
-        tags = [r for r in new[TAGS] if str(r.get("model", "")).startswith(prefix)]
+        tags = [r for r in new[TAGS] if served_by(self.name, r, "model")]
         lines += self._tagger(tags)
         self.last_run.set_to_current_time()
         return lines
