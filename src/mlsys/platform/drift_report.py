@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mlsys.platform.drift import ColumnDrift, severity
+from mlsys.platform.drift import ColumnDrift, dataset_drift, severity
 
 Columns = dict[str, npt.NDArray[np.float64]]
 
@@ -68,6 +68,10 @@ def judged_window(
         "prediction_drift": [k for k in flagged if roles.group(k) == "prediction"],
         "outcome_drift": [k for k in flagged if roles.group(k) == "outcome"],
         "outcome_judged": any(roles.group(k) == "outcome" for k in columns),
+        # Evidently's verdict beside ours, for comparison: half the inputs drifted.
+        "dataset_drift": dataset_drift(
+            {k: c for k, c in columns.items() if roles.group(k) == "inputs"}
+        ),
         "severity": worst,
         "columns": {k: _column(c) for k, c in columns.items()},
     }
@@ -94,6 +98,7 @@ def summary(model: str, version: str, size: int, judged: list[dict[str, Any]]) -
         "drifted": bool(latest and latest["drifted"]),
         "features": latest["features"] if latest else [],
         "prediction_drift": latest["prediction_drift"] if latest else [],
+        "dataset_drift": bool(latest and latest["dataset_drift"]),
         "outcome_drift": latest["outcome_drift"] if latest else [],
         "first_alarm": first_alarm,
         "windows_flagged": sum(w["drifted"] for w in judged),
@@ -132,6 +137,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"- features flagged: {', '.join(r['features']) or 'none'}",
         f"- prediction drift: {', '.join(r['prediction_drift']) or 'none'}",
         f"- outcome drift: {', '.join(r['outcome_drift']) or 'none'}",
+        f"- dataset drift, Evidently's rule (half the inputs drifted): "
+        f"{'yes' if r['dataset_drift'] else 'no'}",
         "",
         "Latest window (severity: statistic over threshold, a p-value's inverse; above 1 is "
         "drift):",

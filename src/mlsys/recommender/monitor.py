@@ -66,7 +66,6 @@ class Window:
     index: int
     first: str  # stream ids
     last: str
-    last_ms: int
     answers: int
     inputs: Columns  # the 40 features, the score, and the request's three
     outcomes: Columns  # ctr, clicked_score (from the answers this version gave alone)
@@ -122,7 +121,7 @@ class WindowBuilder:
         for r in rows:
             self.clicked.pop(r["request_id"], None)
         return Window(
-            version, index, rows[0]["stream_id"], rows[-1]["stream_id"], int(rows[-1]["ts_ms"]),
+            version, index, rows[0]["stream_id"], rows[-1]["stream_id"],
             len(rows), inputs,
             {"ctr": np.asarray([len(g) for g in got], np.float64),
              "clicked_score": np.asarray(scores, np.float64)},
