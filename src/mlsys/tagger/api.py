@@ -36,12 +36,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from mlsys.platform.event_log import TAGS, append
 from mlsys.platform.live_model import LiveModel
 from mlsys.platform.openapi import Operation
 from mlsys.platform.server import Component
 from mlsys.platform.settings import Settings
 from mlsys.platform.validation import InvalidRequest, error_response, invalid
 from mlsys.tagger.inference import TaggerModel, probe
+from mlsys.tagger.monitor import tag_record
 from mlsys.tagger.preprocess import (
     CorruptImageError,
     ImageShapeError,
@@ -244,26 +246,27 @@ class TagLog:
     def __init__(self, url: str, max_len: int, timeout_s: float) -> None:
         import redis
 
+        # Read here, when the worker builds its app: prometheus_client must not be imported
+        # before `mlsys serve` has set its multiprocess folder (platform/monitoring.py).
+        from mlsys.platform.monitoring import TAG_RECORDS
+
         self.client = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
         self.max_len = max_len
         self.errors = (redis.RedisError, OSError)
+        self.logged, self.failed = TAG_RECORDS.labels("logged"), TAG_RECORDS.labels("failed")
 
     def write(
         self, data: bytes, img: Any, answer: dict[str, Any], label: str, request_id: str
     ) -> None:
-        from mlsys.platform.event_log import TAGS, append
-        from mlsys.platform.monitoring import TAG_RECORDS
-        from mlsys.tagger.monitor import tag_record
-
         record = {"request_id": request_id, "ts_ms": int(time.time() * 1000),
                   **tag_record(data, img, answer, label)}  # fmt: skip
         try:
             append(self.client, TAGS, record, self.max_len)
-            TAG_RECORDS.labels("logged").inc()
+            self.logged.inc()
         except self.errors:
-            TAG_RECORDS.labels("failed").inc()
+            self.failed.inc()
 
 
 def routes(live: LiveModel[TaggerModel], log: TagLog | None = None) -> list[BaseRoute]:
