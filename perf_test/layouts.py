@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from mlsys.platform.redis_client import connect
 from mlsys.platform.redis_server import RedisServer
 from mlsys.recommender.data import open_dataset
-from mlsys.recommender.features import RESTAURANT_DTYPE, connect
+from mlsys.recommender.features import RESTAURANT_DTYPE
 
 
 def rows(data: Path) -> np.ndarray:

@@ -36,7 +36,8 @@ def burst(http: httpx.Client, label: str, n: int = 20) -> None:
 
 def main() -> None:
     from mlsys.compose.stack import running_stack
-    from mlsys.recommender.features import connect, materialize
+    from mlsys.platform.redis_client import connect
+    from mlsys.recommender.features import materialize
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)

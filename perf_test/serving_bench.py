@@ -30,8 +30,9 @@ import numpy as np
 def breakdown(redis_url: str, model_dir: str, requests_path: Path, n: int) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
+    from mlsys.platform.redis_client import connect
     from mlsys.recommender.api import parse_query
-    from mlsys.recommender.features import OnlineStore, connect
+    from mlsys.recommender.features import OnlineStore
     from mlsys.recommender.service import load_model, rank
 
     model = load_model(model_dir)

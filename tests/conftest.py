@@ -46,11 +46,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def loaded_redis(redis_server: Any, tiny_data: Path) -> Any:
     """The tiny dataset materialized once; tests that mutate rows must restore them."""
-    from mlsys.recommender.features import connect, materialize
+    from mlsys.platform.redis_client import connect
+    from mlsys.recommender.features import materialize
 
     client = connect(redis_server.url, timeout_s=5.0)
     materialize(tiny_data, client, progress=False)
     return redis_server
+
+
+@pytest.fixture(scope="session")
+def loaded_cluster(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Iterator[Any]:
+    """A real 3-master Redis Cluster (`redis-cli --cluster create`) holding the tiny dataset;
+    tests that mutate rows must restore them."""
+    from mlsys.platform.redis_client import close, connect
+    from mlsys.platform.redis_server import LocalCluster
+    from mlsys.recommender.features import materialize
+
+    with LocalCluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        client = connect(cluster.url, timeout_s=5.0)
+        materialize(tiny_data, client, progress=False)
+        close(client)
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,8 @@ def api(
     model_dir: Path,
     tagger_model: Path,
 ) -> Iterator[Api]:
-    from mlsys.recommender.features import connect, materialize
+    from mlsys.platform.redis_client import connect
+    from mlsys.recommender.features import materialize
 
     work = tmp_path_factory.mktemp("hostile")
     redis = RedisServer(workdir=work / "redis").start()

@@ -30,7 +30,8 @@ EXAMPLES = int(os.environ.get("MLSYS_SCHEMATHESIS_EXAMPLES", "30"))
 def app(
     tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, model_dir: Path, tagger_model: Path
 ) -> Iterator[Any]:
-    from mlsys.recommender.features import connect, materialize
+    from mlsys.platform.redis_client import connect
+    from mlsys.recommender.features import materialize
 
     redis = RedisServer(workdir=tmp_path_factory.mktemp("openapi-redis")).start()
     try:

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from geographiclib.geodesic import Geodesic
 from starlette.testclient import TestClient
 
 from mlsys.compose.app import build_app
+from mlsys.platform.redis_client import connect
 from mlsys.platform.redis_server import RedisServer, free_port
 from mlsys.platform.settings import Settings
 from mlsys.recommender import features as F
@@ -39,9 +41,16 @@ def data(tiny_data: Path) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def client(loaded_redis: RedisServer, model_dir: Path, json_bodies: Any) -> Iterator[TestClient]:
+@pytest.fixture(scope="module", params=["one node", "cluster"])
+def client(
+    request: pytest.FixtureRequest, loaded_redis: RedisServer, model_dir: Path, json_bodies: Any
+) -> Iterator[TestClient]:
+    """The serving contract, unchanged, against one node and against a 3-master Redis Cluster
+    (the impression log then keeps a Redis node of its own)."""
     settings = Settings(model_dir=str(model_dir), redis_url=loaded_redis.url, admin_token=TOKEN)
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("loaded_cluster")
+        settings = replace(settings, redis_url=cluster.url, log_redis_url=loaded_redis.url)
     with TestClient(build_app(settings)) as c:
         yield json_bodies(c)
 
@@ -257,7 +266,7 @@ def test_redis_outage_is_fast_503_then_recovers(
 ) -> None:
     server = RedisServer(port=free_port(), workdir=tmp_path / "redis").start()
     try:
-        F.materialize(tiny_data, F.connect(server.url, timeout_s=5), progress=False)
+        F.materialize(tiny_data, connect(server.url, timeout_s=5), progress=False)
         settings = Settings(model_dir=str(model_dir), redis_url=server.url)
         with TestClient(build_app(settings)) as c:
             assert c.post("/recommend/1", json=body([1, 2])).status_code == 200
@@ -284,7 +293,7 @@ def test_redis_outage_is_fast_503_then_recovers(
             assert hung < 0.5 and gone < 0.5, (hung, gone)
 
             server.start()  # same port, data gone: reload, then the same app serves again
-            F.materialize(tiny_data, F.connect(server.url, timeout_s=5), progress=False)
+            F.materialize(tiny_data, connect(server.url, timeout_s=5), progress=False)
             assert c.post("/recommend/1", json=body([1, 2])).status_code == 200
             assert c.get("/readyz").status_code == 200
     finally:

@@ -214,7 +214,8 @@ def test_values_the_stored_type_cannot_hold_stop_load_and_training_with_one_line
     assert not model_dir.exists()  # nothing written
 
     # the feature load reads through the same check, before it writes to Redis
-    from mlsys.recommender.features import SEQ_KEY, connect
+    from mlsys.platform.redis_client import connect
+    from mlsys.recommender.features import SEQ_KEY
 
     client = connect(redis_server.url, timeout_s=5)
     seq = client.get(SEQ_KEY)

@@ -11,25 +11,38 @@ import numpy as np
 import pytest
 
 from mlsys.cli import main
-from mlsys.platform.redis_server import RedisServer
+from mlsys.platform.redis_client import connect, is_cluster
+from mlsys.platform.redis_server import LocalCluster, RedisServer
 from mlsys.recommender import features as F
 from mlsys.recommender.data import open_dataset
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture()
-def fresh_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private server: these tests reload and mutate, the shared one must stay as loaded."""
-    server = RedisServer(workdir=tmp_path / "redis").start()
-    yield server
-    server.stop()
+@pytest.fixture(params=["one node", "cluster"])
+def fresh_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A private store: these tests reload and mutate, the shared one must stay as loaded. Each
+    runs against one node and against a 3-master Redis Cluster named by one node's URL."""
+    server: Any = (
+        RedisServer(workdir=tmp_path / "redis")
+        if request.param == "one node"
+        else LocalCluster(tmp_path / "cluster")
+    )
+    with server:
+        yield server
+
+
+def key_count(client: Any) -> int:
+    """DBSIZE, summed over the masters of a cluster."""
+    if not is_cluster(client):
+        return int(client.dbsize())
+    return sum(int(client.get_redis_connection(n).dbsize()) for n in client.get_primaries())
 
 
 def test_materialize_round_trips_rows_and_writes_meta(
     fresh_redis: RedisServer, tiny_data: Path
 ) -> None:
-    client = F.connect(fresh_redis.url, timeout_s=5)
+    client = connect(fresh_redis.url, timeout_s=5)
     meta = F.materialize(tiny_data, client, progress=False)
     ds = open_dataset(tiny_data)
     assert F.current_namespace(client) == meta["namespace"] == "f1"
@@ -39,7 +52,7 @@ def test_materialize_round_trips_rows_and_writes_meta(
     assert stored["source"]["dataset_checksum"] == ds.checksum
     assert stored["schema"]["entities"]["user"]["bytes"] == 120
     assert stored["schema"]["entities"]["restaurant"]["bytes"] == 56
-    assert client.dbsize() == ds.n_users + ds.n_restaurants + 4  # + meta, pointer, seq, list
+    assert key_count(client) == ds.n_users + ds.n_restaurants + 4  # + meta, pointer, seq, list
 
     ids = [0, 17, ds.n_restaurants - 1]
     rows = F.OnlineStore(client).fetch(5, ids)
@@ -52,7 +65,7 @@ def test_materialize_round_trips_rows_and_writes_meta(
 def test_reload_switches_pointer_and_prunes_old_namespace(
     fresh_redis: RedisServer, tiny_data: Path
 ) -> None:
-    client = F.connect(fresh_redis.url, timeout_s=5)
+    client = connect(fresh_redis.url, timeout_s=5)
     F.materialize(tiny_data, client, progress=False)
     store = F.OnlineStore(client)
     F.set_user(client, 3, [9.0] * 30)  # an update in f1 that a reload replaces
@@ -69,7 +82,7 @@ def test_reload_switches_pointer_and_prunes_old_namespace(
 def test_half_written_namespace_is_pruned_by_next_load(
     fresh_redis: RedisServer, tiny_data: Path
 ) -> None:
-    client = F.connect(fresh_redis.url, timeout_s=5)
+    client = connect(fresh_redis.url, timeout_s=5)
     F.materialize(tiny_data, client, progress=False)
     # simulate a loader that died mid-way: registered, some keys written, pointer untouched
     client.incr(F.SEQ_KEY)
@@ -82,7 +95,7 @@ def test_half_written_namespace_is_pruned_by_next_load(
 
 
 def test_single_entity_updates(fresh_redis: RedisServer, tiny_data: Path) -> None:
-    client = F.connect(fresh_redis.url, timeout_s=5)
+    client = connect(fresh_redis.url, timeout_s=5)
     with pytest.raises(F.FeatureStoreError, match="empty"):
         F.set_user(client, 1, [0.0] * 30)
     F.materialize(tiny_data, client, progress=False)
@@ -132,7 +145,7 @@ def test_single_entity_updates(fresh_redis: RedisServer, tiny_data: Path) -> Non
 def test_updates_refuse_values_the_stored_type_cannot_hold(
     loaded_redis: RedisServer, kwargs: dict[str, Any], field: str
 ) -> None:
-    client = F.connect(loaded_redis.url, timeout_s=5)
+    client = connect(loaded_redis.url, timeout_s=5)
     before = F.OnlineStore(client).fetch(0, [10])
     with pytest.raises(F.InvalidFeatures) as err:
         F.set_restaurant(client, 10, **kwargs)
@@ -150,7 +163,7 @@ def test_cli_load_set_info(fresh_redis: RedisServer, tiny_data: Path, capsys: An
         main(["features", "set", "user", "2", "--redis", fresh_redis.url, "--features", values])
         == 0
     )
-    client = F.connect(fresh_redis.url, timeout_s=5)
+    client = connect(fresh_redis.url, timeout_s=5)
     assert F.OnlineStore(client).fetch(2, []).user.tolist() == [0.25] * 30  # type: ignore[union-attr]
     assert (
         main(["features", "set", "user", "2", "--redis", fresh_redis.url, "--features", "1,2"]) == 1

@@ -83,7 +83,7 @@ def add_commands(verbs: Verbs) -> None:
 
 
 def log_client(url: str) -> Any:
-    from mlsys.recommender.features import connect
+    from mlsys.platform.redis_client import connect
 
     return connect(url, timeout_s=10.0)
 

@@ -143,7 +143,8 @@ def running_stack(
     """Redis + `features load` + `mlsys serve` (`extra_args`: more of its options), and with
     `log_redis` a second, append-only Redis for the impression log; everything started is
     stopped on exit."""
-    from mlsys.recommender.features import connect, materialize
+    from mlsys.platform.redis_client import connect
+    from mlsys.recommender.features import materialize
 
     work = Path(workdir)
     redis = RedisServer(workdir=work / "redis").start()
@@ -176,7 +177,7 @@ def stack_memory(stack: Stack) -> dict[str, float]:
     """RSS in MiB: API process tree, redis-server, total; plus Redis' own used_memory."""
     import psutil
 
-    from mlsys.recommender.features import connect
+    from mlsys.platform.redis_client import connect
 
     def tree_rss(pid: int) -> tuple[float, float]:
         root = psutil.Process(pid)

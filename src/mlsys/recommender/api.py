@@ -39,9 +39,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mlsys.errors import MlsysError
 from mlsys.platform.event_log import SHADOW_FLUSH_S, EventLog, Exposure
 from mlsys.platform.live_model import LiveModel, Served
 from mlsys.platform.openapi import Operation, Param
+from mlsys.platform.redis_client import Link, connect_node, server_is_cluster
+from mlsys.platform.redis_client import close as close_client
 from mlsys.platform.rollout import (
     CHALLENGER,
     CHAMPION,
@@ -70,7 +73,6 @@ from mlsys.recommender.features import (
     OnlineStore,
     Rows,
     UnknownEntity,
-    connect,
     read_meta,
     set_restaurant,
     set_user,
@@ -236,14 +238,27 @@ def component(settings: Settings) -> Component:
         label_of_folder=lambda m: m.version,
     )
     live.start()
-    client = connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
-    store = OnlineStore(client)
+    feature_redis = Link(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    stores: list[OnlineStore] = []
+
+    def store() -> OnlineStore:
+        """The store's client is decided (one node or a cluster) when Redis first answers."""
+        if not stores:
+            stores.append(OnlineStore(feature_redis.client()))
+        return stores[0]
+
+    def client() -> Any:
+        return store().client
+
     redis_errors = (redis.ConnectionError, redis.TimeoutError, FeatureStoreError)
-    log_client = (
-        client
-        if settings.log_redis_url in (None, settings.redis_url)
-        else connect(settings.log_redis_url, timeout_s=settings.redis_timeout_s)
-    )
+    log_url = settings.log_redis_url or settings.redis_url
+    with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+        if server_is_cluster(log_url, settings.redis_timeout_s):
+            raise MlsysError(
+                f"log_redis_url: {log_url} is a Redis Cluster node, and the impression log needs "
+                "one Redis node of its own (set --log-redis or MLSYS_LOG_REDIS_URL)"
+            )
+    log_client = connect_node(log_url, timeout_s=settings.redis_timeout_s)
     events = EventLog(log_client, settings.log_max_len, settings.feedback_window_s)
     model_name = live.ref.name if live.ref is not None else "ranknet"
     rollout = None if live.ref is None else _follow_rollout(model_name, settings, log_client)
@@ -261,7 +276,7 @@ def component(settings: Settings) -> Component:
         active = rollout.current if rollout is not None else None
         request_id: str = request.scope["state"]["request_id"]
         try:
-            rows = store.fetch(user_id, query.candidate_ids)
+            rows = store().fetch(user_id, query.candidate_ids)
         except redis_errors as exc:
             failed(active, user_id, request_id)
             return _unavailable(exc)
@@ -457,12 +472,12 @@ def component(settings: Settings) -> Component:
 
     def set_user_from(user_id: int, body: bytes, create: bool) -> str:
         update = parse_body(UserUpdate, body)
-        return set_user(client, user_id, update.features, create=create)
+        return set_user(client(), user_id, update.features, create=create)
 
     def set_restaurant_from(restaurant_id: int, body: bytes, create: bool) -> str:
         update = parse_body(RestaurantUpdate, body)
         return set_restaurant(
-            client, restaurant_id, update.features, update.latitude, update.longitude,
+            client(), restaurant_id, update.features, update.latitude, update.longitude,
             create=create,
         )  # fmt: skip
 
@@ -505,11 +520,11 @@ def component(settings: Settings) -> Component:
     update_restaurant = admin_update("restaurant", "restaurant_id", set_restaurant_from)
 
     def redis_check() -> str | None:
-        client.ping()
+        client().ping()
         return None
 
     def features_check() -> str | None:
-        meta = read_meta(client)
+        meta = read_meta(client())
         if meta is None:
             return "no features loaded (run `mlsys features load`)"
         return None
@@ -520,8 +535,8 @@ def component(settings: Settings) -> Component:
             events.flush_shadows()
         if rollout is not None:
             rollout.stop()
-        client.connection_pool.disconnect()
-        log_client.connection_pool.disconnect()
+        feature_redis.close()
+        close_client(log_client)
 
     def serving() -> str:
         active = rollout.current if rollout is not None else None

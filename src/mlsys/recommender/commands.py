@@ -159,22 +159,29 @@ def _add_feature_commands(verbs: Verbs) -> None:
     p.add_argument("--redis", default=redis_url_from_env(), metavar="URL", help=REDIS_HELP)
 
 
-def _redis(url: str) -> object:
-    from mlsys.recommender.features import connect
+def _redis(url: str) -> Any:
+    import redis
 
-    return connect(url, timeout_s=30.0)
+    from mlsys.errors import MlsysError
+    from mlsys.platform.redis_client import connect
+
+    try:
+        return connect(url, timeout_s=30.0)
+    except redis.RedisError as exc:
+        raise MlsysError(f"redis at {url}: {exc}") from exc
 
 
 def _features_load(args: argparse.Namespace) -> int:
     import redis
 
     from mlsys.errors import MlsysError
+    from mlsys.platform.redis_client import is_cluster, used_memory
     from mlsys.recommender.features import materialize
 
     client = _redis(args.redis)
     try:
         meta = materialize(args.data_dir, client, keep=args.keep, batch=args.batch)
-        memory = client.info("memory")  # type: ignore[attr-defined]
+        memory = used_memory(client)
     except redis.RedisError as exc:
         raise MlsysError(f"redis at {args.redis}: {exc}") from exc
     counts = meta["counts"]
@@ -185,7 +192,8 @@ def _features_load(args: argparse.Namespace) -> int:
     )
     if meta["pruned"]:
         print(f"deleted old namespaces: {', '.join(meta['pruned'])}")
-    print(f"redis used_memory {memory['used_memory'] / 2**20:.1f} MiB")
+    where = f"{len(client.get_primaries())} cluster masters" if is_cluster(client) else "redis"
+    print(f"{where} used_memory {memory / 2**20:.1f} MiB")
     return 0
 
 

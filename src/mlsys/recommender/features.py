@@ -8,19 +8,22 @@ Why Redis, and why this layout (measurements in docs/serving-report.md):
 - One binary string per entity, no hashes or JSON: a value is the row's raw little-endian bytes,
   so decoding 1,000 rows is one `b"".join` plus one `np.frombuffer`, with no per-field parsing.
 
-      <ns>:u:<user_id>        30 x float32 (f00..f29)                          120 bytes
-      <ns>:r:<restaurant_id>  10 x float32 (f00..f09), float64 lat, float64 lon  56 bytes
-      <ns>:meta               JSON: schema, source dataset and checksum, counts, created_at
+      <ns>:u:<user_id>                 30 x float32 (f00..f29)                        120 bytes
+      <ns>:r:{r<bucket>}:<restaurant_id>  10 x float32, float64 lat, float64 lon     56 bytes
+      <ns>:meta                        JSON: schema, source dataset and checksum, counts, created_at
 
   float32 features are exact (the parquet columns hold float32-rounded doubles) and coordinates
   keep float64 so distances are not rounded.
+- The same layout serves one node and a Redis Cluster. Users spread over every hash slot by
+  their whole key, so 100M users spread over the masters. Restaurants carry a hash tag, one of
+  16 buckets (restaurant_id mod 16), so a request's ~1,000 candidates become 16 MGETs, each
+  within one slot, sent as one batch per node (`platform.redis_client.on_nodes`).
 - Reloads never expose half-written data: `materialize` writes a whole new namespace
   (`f<N>`, N from INCR) and only then flips the pointer `mlsys:features:current` with one SET.
-  Readers resolve the pointer and read the rows in one MULTI/EXEC round trip (see
-  `OnlineStore.fetch`), which Redis executes atomically, so a request sees either all-old or
-  all-new rows even while the old namespace is being deleted. Old namespaces, and half-written
-  ones from crashed loads, are deleted with SCAN + UNLINK right after the switch (`keep=1`), so
-  Redis holds two copies only while a reload runs.
+  Every key a request reads is inside one namespace, so it cannot mix two loads; see
+  `OnlineStore.fetch` for how each mode also never reads a namespace that is being deleted.
+  Old namespaces, and half-written ones from crashed loads, are deleted with SCAN + UNLINK
+  right after the switch (`keep=1`), so Redis holds two copies only while a reload runs.
 - Single-entity updates (`set_user`, `set_restaurant`) overwrite one key in the current
   namespace, so the very next request sees them. An update racing a reload lands in the old
   namespace and is lost with it; re-apply updates after a reload.
@@ -41,13 +44,17 @@ import numpy as np
 import numpy.typing as npt
 
 from mlsys.errors import MlsysError
+from mlsys.platform.redis_client import is_cluster, key_slot, on_nodes
 from mlsys.recommender.model import RESTAURANT_FEATURES, USER_FEATURES
 from mlsys.recommender.values import coordinate_problem, float32_problem
 
 POINTER_KEY = "mlsys:features:current"
 SEQ_KEY = "mlsys:features:seq"
 NAMESPACES_KEY = "mlsys:features:namespaces"
-FORMAT = "mlsys-online-store/1"
+FORMAT = "mlsys-online-store/2"
+RESTAURANT_BUCKETS = 16  # hash tags: a request's restaurants are this many MGETs in a cluster
+_BUCKET_SLOTS = [key_slot(f"{{r{b}}}") for b in range(RESTAURANT_BUCKETS)]
+_POINTER_SLOT = key_slot(POINTER_KEY)
 
 USER_DTYPE = np.dtype([("features", "<f4", (len(USER_FEATURES),))])
 RESTAURANT_DTYPE = np.dtype(
@@ -85,27 +92,6 @@ class UnknownEntity(MlsysError):
         self.message = message
 
 
-def connect(url: str, timeout_s: float = 0.05, max_connections: int = 16) -> Any:
-    """A redis-py client that fails fast instead of retrying.
-
-    Small timeouts and no retries turn "Redis is down" into an exception within ~timeout_s; the
-    API answers 503 and the next request simply tries again, which is all the recovery we need.
-    """
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    pool = redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout_s,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-    )
-    return redis.Redis(connection_pool=pool)
-
-
 def _decode(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -117,12 +103,13 @@ def schema() -> dict[str, Any]:
         "byte_order": "little",
         "entities": {
             "user": {
-                "key": "{ns}:u:{user_id}",
+                "key": "<ns>:u:<user_id>",
                 "fields": [[name, "float32"] for name in USER_FEATURES],
                 "bytes": USER_DTYPE.itemsize,
             },
             "restaurant": {
-                "key": "{ns}:r:{restaurant_id}",
+                "key": "<ns>:r:{r<bucket>}:<restaurant_id>",
+                "bucket": f"restaurant_id mod {RESTAURANT_BUCKETS}",
                 "fields": [[name, "float32"] for name in RESTAURANT_FEATURES]
                 + [["latitude", "float64"], ["longitude", "float64"]],
                 "bytes": RESTAURANT_DTYPE.itemsize,
@@ -146,30 +133,59 @@ def read_meta(client: Any, namespace: str | None = None) -> dict[str, Any] | Non
 # ---------------------------------------------------------------- materialize (offline -> online)
 
 
-def _pairs(prefix: str, rows: npt.NDArray[Any], start: int = 0) -> list[bytes]:
-    """Flat [key, value, key, value, ...] for MSET; rows[i] is entity start+i."""
+def user_key(ns: str, user_id: int) -> str:
+    return f"{ns}:u:{int(user_id)}"
+
+
+def restaurant_prefix(ns: str, bucket: int) -> str:
+    return f"{ns}:r:{{r{bucket}}}:"
+
+
+def restaurant_key(ns: str, restaurant_id: int) -> str:
+    rid = int(restaurant_id)
+    return restaurant_prefix(ns, rid % RESTAURANT_BUCKETS) + str(rid)
+
+
+_CLUSTER_WINDOW = 1_000_000  # keys grouped by slot at a time: bounded memory, big MSETs
+
+
+def _write(client: Any, keys: list[str], rows: npt.NDArray[Any], batch: int, bar: Any) -> None:
+    """MSETs of up to `batch` keys, pipelined a few per round trip to keep Redis busy.
+
+    A cluster takes an MSET only within one hash slot, so there the keys are grouped by slot
+    first (a million at a time) and redis-py's cluster pipeline routes each MSET to its node.
+    """
     buf = rows.tobytes()
     width = rows.dtype.itemsize
-    flat: list[bytes] = []
-    for i in range(len(rows)):
-        flat.append(f"{prefix}{start + i}".encode())
-        flat.append(buf[i * width : (i + 1) * width])
-    return flat
 
+    def pairs(indices: Sequence[int]) -> list[Any]:
+        flat: list[Any] = []
+        for i in indices:
+            flat.append(keys[i])
+            flat.append(buf[i * width : (i + 1) * width])
+        return flat
 
-def _write(client: Any, prefix: str, rows: npt.NDArray[Any], batch: int, bar: Any) -> None:
-    """Pipelined MSETs of `batch` keys; a few batches per round trip keep Redis busy."""
+    cluster = is_cluster(client)
     pipe = client.pipeline(transaction=False)
     pending = 0
-    for start in range(0, len(rows), batch):
-        chunk = rows[start : start + batch]
-        pipe.execute_command("MSET", *_pairs(prefix, chunk, start))
-        pending += 1
-        if pending == 4:
-            pipe.execute()
-            pending = 0
-        if bar is not None:
-            bar.update(len(chunk))
+    for window in range(0, len(rows), _CLUSTER_WINDOW if cluster else batch):
+        if cluster:
+            stop = min(window + _CLUSTER_WINDOW, len(rows))
+            slots = np.fromiter((key_slot(keys[i]) for i in range(window, stop)), np.int64)
+            order = np.argsort(slots, kind="stable") + window
+            bounds = np.flatnonzero(np.diff(slots[order - window])) + 1
+            groups = [g for part in np.split(order, bounds) for g in np.array_split(
+                part, -(-len(part) // batch))]  # fmt: skip
+        else:
+            groups = [np.arange(window, min(window + batch, len(rows)))]
+        for group in groups:
+            pipe.execute_command("MSET", *pairs(group.tolist()))
+            pending += 1
+            if pending >= (4 if not cluster else 2_000):
+                pipe.execute()
+                pending = 0
+            if bar is not None:
+                bar.update(len(group))
     if pending:
         pipe.execute()
 
@@ -205,8 +221,9 @@ def materialize(
     with tqdm(
         total=total, unit="key", unit_scale=True, desc=f"load {ns}", disable=not progress
     ) as bar:
-        _write(client, f"{ns}:u:", users, batch, bar)
-        _write(client, f"{ns}:r:", restaurants, batch, bar)
+        _write(client, [user_key(ns, u) for u in range(len(users))], users, batch, bar)
+        rkeys = [restaurant_key(ns, r) for r in range(len(restaurants))]
+        _write(client, rkeys, restaurants, batch, bar)
 
     manifest = dataset.manifest or {}
     files = manifest.get("files", {})
@@ -235,16 +252,32 @@ def materialize(
 
 
 def _scan_unlink(client: Any, ns: str) -> int:
+    """SCAN + UNLINK of one namespace; in a cluster, on each master for the keys it holds (an
+    UNLINK of many keys must stay within one slot there, so each key is its own command)."""
+    if is_cluster(client):
+        nodes = [client.get_redis_connection(n) for n in client.get_primaries()]
+    else:
+        nodes = [client]
     deleted = 0
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=f"{ns}:*", count=10_000):
-        batch.append(key)
-        if len(batch) >= 10_000:
-            deleted += int(client.unlink(*batch))
-            batch = []
-    if batch:
-        deleted += int(client.unlink(*batch))
+    for node in nodes:
+        batch: list[bytes] = []
+        for key in node.scan_iter(match=f"{ns}:*", count=10_000):
+            batch.append(key)
+            if len(batch) >= 10_000:
+                deleted += _unlink(node, batch, one_by_one=node is not client)
+                batch = []
+        if batch:
+            deleted += _unlink(node, batch, one_by_one=node is not client)
     return deleted
+
+
+def _unlink(client: Any, keys: list[bytes], *, one_by_one: bool) -> int:
+    if not one_by_one:
+        return int(client.unlink(*keys))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.unlink(key)
+    return int(sum(pipe.execute()))
 
 
 def prune(client: Any, keep: int = 1) -> list[str]:
@@ -296,7 +329,7 @@ def set_user(client: Any, user_id: int, features: Sequence[float], *, create: bo
     ns = _require_namespace(client)
     row = np.empty(1, dtype=USER_DTYPE)
     row["features"][0] = _check_values("features", features, len(USER_FEATURES))
-    key = f"{ns}:u:{int(user_id)}"
+    key = user_key(ns, user_id)
     if not client.set(key, row.tobytes(), xx=not create):
         raise UnknownEntity("user_id", f"user {user_id} is not in the store (create it explicitly)")
     return key
@@ -317,7 +350,7 @@ def set_restaurant(
     update has nothing to keep.
     """
     ns = _require_namespace(client)
-    key = f"{ns}:r:{int(restaurant_id)}"
+    key = restaurant_key(ns, restaurant_id)
     _check_coordinate("latitude", latitude)
     _check_coordinate("longitude", longitude)
     new_features = (
@@ -385,17 +418,27 @@ class Rows:
 
 
 class OnlineStore:
-    """The serving side of the store: one pipelined round trip per request.
+    """The serving side of the store: one round trip per request, to each node involved.
 
-    The namespace is cached and re-validated on every request inside the same transaction
-    (MULTI; GET pointer; GET user; MGET candidates; EXEC), which Redis runs atomically: if the
-    pointer moved (a reload finished), the reads are repeated under the new namespace. So a
-    request never mixes namespaces and pays a second round trip only right after a reload.
+    Why a request can never mix two loads or meet a namespace half deleted:
+
+    - One node: the namespace is cached and re-validated on every request inside the same
+      transaction (MULTI; GET pointer; GET user; MGET candidates; EXEC), which Redis runs
+      atomically. If the pointer moved (a reload finished), the reads are repeated under the
+      new namespace, so a request pays a second round trip only right after a reload.
+    - A cluster: no transaction spans nodes, so the pointer is read in the same parallel round
+      as the rows, and the rows are read under the cached namespace. Every key lies inside it,
+      so the rows cannot mix loads. A key that comes back missing may be unknown, or may belong
+      to a namespace that a reload retired and started deleting meanwhile: then the pointer is
+      read once more, and if it moved, the request is read again under the new one. (Pointers
+      only ever move forward, so an unchanged pointer proves the namespace was current
+      throughout.) Known entities cost no second round trip.
     """
 
     def __init__(self, client: Any) -> None:
         self.client = client
         self._ns: str | None = None
+        self._cluster = is_cluster(client)
 
     def namespace(self) -> str:
         ns = current_namespace(self.client)
@@ -406,24 +449,61 @@ class OnlineStore:
 
     def fetch(self, user_id: int, candidate_ids: Sequence[int]) -> Rows:
         ns = self._ns or self.namespace()
+        read = self._read_cluster if self._cluster else self._read_node
         for _ in range(3):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.get(POINTER_KEY)
-            pipe.get(f"{ns}:u:{user_id}")
-            if candidate_ids:
-                # map() over C-level callables: no Python bytecode runs per candidate.
-                prefix = f"{ns}:r:"
-                pipe.execute_command("MGET", *map(prefix.__add__, map(str, candidate_ids)))
-            replies = pipe.execute()
-            pointer = _decode(replies[0])
+            pointer, user, blobs = read(ns, user_id, candidate_ids)
             if pointer is None:
                 raise FeatureStoreError("the online store is empty: run `mlsys features load`")
+            if pointer == ns and self._cluster and (user is None or None in blobs):
+                pointer = current_namespace(self.client)
             if pointer == ns:
-                break
+                return _rows(ns, user, blobs)
             ns = self._ns = pointer
-        else:  # pragma: no cover - three reloads within one request
-            raise FeatureStoreError("the feature namespace kept changing; try again")
-        return _rows(ns, replies[1], replies[2] if candidate_ids else [])
+        raise FeatureStoreError(  # pragma: no cover - three reloads within one request
+            "the feature namespace kept changing; try again"
+        )
+
+    def _read_node(
+        self, ns: str, user_id: int, candidate_ids: Sequence[int]
+    ) -> tuple[str | None, bytes | None, list[bytes | None]]:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.get(POINTER_KEY)
+        pipe.get(user_key(ns, user_id))
+        if candidate_ids:
+            # map() over C-level callables: no Python bytecode runs per candidate.
+            prefixes = [restaurant_prefix(ns, b) for b in range(RESTAURANT_BUCKETS)]
+            buckets = map(RESTAURANT_BUCKETS.__rmod__, candidate_ids)
+            keys = map(str.__add__, map(prefixes.__getitem__, buckets), map(str, candidate_ids))
+            pipe.execute_command("MGET", *keys)
+        replies = pipe.execute()
+        return _decode(replies[0]), replies[1], replies[2] if candidate_ids else []
+
+    def _read_cluster(
+        self, ns: str, user_id: int, candidate_ids: Sequence[int]
+    ) -> tuple[str | None, bytes | None, list[bytes | None]]:
+        ukey = user_key(ns, user_id)
+        groups: list[tuple[int, tuple[Any, ...]]] = [
+            (_POINTER_SLOT, ("GET", POINTER_KEY)),
+            (key_slot(ukey), ("GET", ukey)),
+        ]
+        ids = np.asarray(candidate_ids, dtype=np.int64)
+        buckets = ids % RESTAURANT_BUCKETS
+        order = np.argsort(buckets, kind="stable")
+        counts = np.bincount(buckets, minlength=RESTAURANT_BUCKETS)
+        in_order = ids[order].tolist()
+        start = 0
+        for bucket in np.flatnonzero(counts).tolist():
+            stop = start + int(counts[bucket])
+            prefix = restaurant_prefix(ns, bucket)
+            keys = map(prefix.__add__, map(str, in_order[start:stop]))
+            groups.append((_BUCKET_SLOTS[bucket], ("MGET", *keys)))
+            start = stop
+        replies = on_nodes(self.client, groups)
+        by_bucket = [blob for reply in replies[2:] for blob in reply]
+        inverse = np.empty(len(ids), dtype=np.intp)
+        inverse[order] = np.arange(len(ids))
+        blobs = list(map(by_bucket.__getitem__, inverse.tolist()))
+        return _decode(replies[0]), replies[1], blobs
 
 
 def _rows(ns: str, user_blob: bytes | None, blobs: list[bytes | None]) -> Rows:
