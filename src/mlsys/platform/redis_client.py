@@ -144,9 +144,21 @@ def refresh_topology(client: Any) -> None:
         client.nodes_manager.initialize()
 
 
+def unavailable_errors() -> tuple[type[BaseException], ...]:
+    """What "the store cannot answer now" looks like: a node down or hung, the cluster failing
+    over (CLUSTERDOWN) or a slot nobody serves. A server answers these with 503."""
+    import redis
+    from redis.exceptions import ClusterError, RedisClusterException
+
+    return (redis.ConnectionError, redis.TimeoutError, ClusterError, RedisClusterException)
+
+
 def _redirected(exc: BaseException) -> bool:
-    message = str(exc)
-    return message.startswith(("MOVED", "ASK", "TRYAGAIN"))
+    from redis.exceptions import AskError, TryAgainError
+
+    return isinstance(exc, AskError | TryAgainError) or str(exc).startswith(
+        ("MOVED", "ASK", "TRYAGAIN")
+    )
 
 
 def on_nodes(client: Any, groups: Sequence[tuple[int, Command]]) -> list[Any]:
@@ -184,6 +196,8 @@ def on_nodes(client: Any, groups: Sequence[tuple[int, Command]]) -> list[Any]:
     except redis.ResponseError as exc:
         _discard(sent)
         if not _redirected(exc):
+            if str(exc).startswith(("CLUSTERDOWN", "MASTERDOWN")):
+                refresh_topology(client)
             raise
         refresh_topology(client)
         pipe = client.pipeline(transaction=False)

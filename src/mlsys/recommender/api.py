@@ -43,7 +43,12 @@ from mlsys.errors import MlsysError
 from mlsys.platform.event_log import SHADOW_FLUSH_S, EventLog, Exposure
 from mlsys.platform.live_model import LiveModel, Served
 from mlsys.platform.openapi import Operation, Param
-from mlsys.platform.redis_client import Link, connect_node, server_is_cluster
+from mlsys.platform.redis_client import (
+    Link,
+    connect_node,
+    server_is_cluster,
+    unavailable_errors,
+)
 from mlsys.platform.redis_client import close as close_client
 from mlsys.platform.rollout import (
     CHALLENGER,
@@ -250,7 +255,7 @@ def component(settings: Settings) -> Component:
     def client() -> Any:
         return store().client
 
-    redis_errors = (redis.ConnectionError, redis.TimeoutError, FeatureStoreError)
+    redis_errors = (*unavailable_errors(), FeatureStoreError)
     log_url = settings.log_redis_url or settings.redis_url
     with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
         if server_is_cluster(log_url, settings.redis_timeout_s):

@@ -452,10 +452,10 @@ class OnlineStore:
         read = self._read_cluster if self._cluster else self._read_node
         for _ in range(3):
             pointer, user, blobs = read(ns, user_id, candidate_ids)
-            if pointer is None:
-                raise FeatureStoreError("the online store is empty: run `mlsys features load`")
             if pointer == ns and self._cluster and (user is None or None in blobs):
                 pointer = current_namespace(self.client)
+            if pointer is None:
+                raise FeatureStoreError("the online store is empty: run `mlsys features load`")
             if pointer == ns:
                 return _rows(ns, user, blobs)
             ns = self._ns = pointer
