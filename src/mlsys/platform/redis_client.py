@@ -144,7 +144,7 @@ def refresh_topology(client: Any) -> None:
         client.nodes_manager.initialize()
 
 
-def unavailable_errors() -> tuple[type[BaseException], ...]:
+def unavailable_errors() -> tuple[type[Exception], ...]:
     """What "the store cannot answer now" looks like: a node down or hung, the cluster failing
     over (CLUSTERDOWN) or a slot nobody serves. A server answers these with 503."""
     import redis

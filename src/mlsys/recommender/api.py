@@ -255,7 +255,7 @@ def component(settings: Settings) -> Component:
     def client() -> Any:
         return store().client
 
-    redis_errors = (*unavailable_errors(), FeatureStoreError)
+    redis_errors: tuple[type[Exception], ...] = (*unavailable_errors(), FeatureStoreError)
     log_url = settings.log_redis_url or settings.redis_url
     with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
         if server_is_cluster(log_url, settings.redis_timeout_s):
