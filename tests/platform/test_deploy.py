@@ -194,6 +194,29 @@ def test_kubernetes_api_is_probed_scaled_and_protected() -> None:
             assert {"cpu", "memory"} <= set(c["resources"]["limits"]), doc["metadata"]["name"]
 
 
+def test_kubernetes_feature_store_is_a_redis_cluster_and_the_log_one_node() -> None:
+    """The store: cluster-enabled nodes, as many as the create Job joins (masters x (1 +
+    replicas)), announcing stable hostnames; the log: one append-only node on a volume."""
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in _manifests()}
+    store = by_kind[("StatefulSet", "mlsys-redis")]
+    args = store["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--cluster-enabled") + 1] == "yes"
+    assert args[args.index("--cluster-preferred-endpoint-type") + 1] == "hostname"
+    assert by_kind[("Service", "mlsys-redis-nodes")]["spec"]["clusterIP"] == "None"
+    create = by_kind[("Job", "mlsys-redis-cluster-create")]["spec"]["template"]["spec"]
+    script = create["containers"][0]["args"][0]
+    assert "--cluster create" in script and "--cluster-replicas 1" in script
+    assert "for i in 0 1 2 3 4 5" in script and store["spec"]["replicas"] == 6  # 3 x (1 + 1)
+    log = by_kind[("StatefulSet", "mlsys-log-redis")]["spec"]["template"]["spec"]
+    assert "--cluster-enabled" not in log["containers"][0]["args"]
+    assert log["containers"][0]["args"][log["containers"][0]["args"].index("--appendonly") + 1] == (
+        "yes"
+    )
+    config = by_kind[("ConfigMap", "mlsys-config")]["data"]
+    assert config["MLSYS_REDIS_URL"].startswith("redis://mlsys-redis:")
+    assert config["MLSYS_LOG_REDIS_URL"].startswith("redis://mlsys-log-redis:")
+
+
 def test_the_config_map_sets_settings_that_mlsys_reads() -> None:
     """Every MLSYS_ variable the ConfigMap sets is a Settings field, and `mlsys serve` takes
     those without a flag from the environment."""

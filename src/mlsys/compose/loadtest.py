@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,8 +102,9 @@ class Connection:
         self.writer = writer
         self.idle_since = 0.0
 
-    async def roundtrip(self, payload: bytes) -> tuple[int, bool, str]:
-        """Send one request, read the whole response; (status, keep-alive, X-Model-Version)."""
+    async def roundtrip(self, payload: bytes) -> tuple[int, bool, str, int]:
+        """Send one request, read the whole response; (status, keep-alive, X-Model-Version,
+        CRC-32 of the body: whether two answers were the same, without keeping them)."""
         self.writer.write(payload)
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.split(b"\r\n")
@@ -119,9 +121,8 @@ class Connection:
                 keep = False
             elif lname == b"x-model-version":
                 version = value.strip().decode("latin-1")
-        if length:
-            await self.reader.readexactly(length)
-        return status, keep, version
+        body = await self.reader.readexactly(length) if length else b""
+        return status, keep, version, zlib.crc32(body)
 
     def close(self) -> None:
         self.writer.close()
@@ -136,6 +137,8 @@ class RunResult:
     status: list[str] = field(default_factory=list)  # "200", "503", "timeout", ...
     send_lag: list[float] = field(default_factory=list)  # s the generator sent late
     model_version: list[str] = field(default_factory=list)  # X-Model-Version, "" if none
+    body_crc: list[int] = field(default_factory=list)  # CRC-32 of the body, 0 if none
+    payload: list[int] = field(default_factory=list)  # which payload was sent
     started_at: float = 0.0  # time.monotonic() of the first due time
     wall: float = 0.0
     connections: int = 0
@@ -159,6 +162,7 @@ async def _run(target: Target, payloads: list[bytes], rate: float, duration: flo
                 conn = None
         status = "error"
         version = ""
+        crc = 0
         try:
             if conn is None:
                 reader, writer = await asyncio.wait_for(
@@ -166,7 +170,7 @@ async def _run(target: Target, payloads: list[bytes], rate: float, duration: flo
                 )
                 conn = Connection(reader, writer)
                 result.connections += 1
-            code, keep, version = await asyncio.wait_for(
+            code, keep, version, crc = await asyncio.wait_for(
                 conn.roundtrip(payloads[i % len(payloads)]),
                 max(0.001, timeout - (loop.time() - due)),
             )
@@ -188,6 +192,8 @@ async def _run(target: Target, payloads: list[bytes], rate: float, duration: flo
         result.latency.append(loop.time() - due)
         result.status.append(status)
         result.model_version.append(version)
+        result.body_crc.append(crc)
+        result.payload.append(i % len(payloads))
 
     start = loop.time() + 0.05
     result.started_at = start  # the loop's clock is time.monotonic()

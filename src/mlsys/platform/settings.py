@@ -14,7 +14,10 @@ from dataclasses import asdict, dataclass, fields
 from mlsys.errors import MlsysError
 
 PREFIX = "MLSYS_"
-REDIS_HELP = "the feature store (default: $MLSYS_REDIS_URL, else redis://127.0.0.1:6379/0)"
+REDIS_HELP = (
+    "the feature store: one Redis node, or any node of a Redis Cluster (default: "
+    "$MLSYS_REDIS_URL, else redis://127.0.0.1:6379/0)"
+)
 
 
 @dataclass(frozen=True)
