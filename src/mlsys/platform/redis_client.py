@@ -5,11 +5,12 @@ at whatever node the platform gave them; `INFO cluster` says whether it is a clu
 redis-py's `RedisCluster` learns the rest of the topology from it.
 
 Why `on_nodes` exists beside redis-py's cluster pipeline: a request reads ~1,000 restaurant
-rows spread over every master. The cluster pipeline routes command by command in Python (14
-ms a request for 1,000 GETs, 2.7 ms for 16 MGETs, measured in docs/scale-out.md); writing one
-packed batch to each node's socket and then reading the replies takes 1.4 ms, close to one
-node's 1.0 ms. redis-py still owns the topology, the connections and the redirections: a reply
-that says the slot moved falls back to its cluster pipeline, which follows MOVED and ASK.
+rows spread over every master. The cluster pipeline routes command by command in Python: 14.3
+ms a request for 1,000 GETs, 2.4 ms for 16 MGETs (perf_test/cluster_fetch.py,
+docs/scale-out.md). Writing one packed batch to each node's socket and then reading the
+replies makes the whole `OnlineStore.fetch` 1.27 ms, the same as one node's 1.26 ms. redis-py
+still owns the topology, the connections and the redirections: a reply that says the slot
+moved falls back to its cluster pipeline, which follows MOVED and ASK.
 """
 
 from __future__ import annotations
@@ -167,8 +168,8 @@ def on_nodes(client: Any, groups: Sequence[tuple[int, Command]]) -> list[Any]:
     One packed write per node, all written before any reply is read, so the nodes work in
     parallel and a request costs one round trip to the slowest node. Every command must touch
     keys of its own slot only (one MGET per hash tag). A connection error refreshes the
-    topology and propagates (the caller answers 503); a redirection is retried once through
-    redis-py's cluster pipeline.
+    topology and propagates (the caller answers 503); a redirection (a slot moved or moving) is
+    retried once through redis-py's cluster pipeline, key by key.
     """
     import redis
 
@@ -200,10 +201,7 @@ def on_nodes(client: Any, groups: Sequence[tuple[int, Command]]) -> list[Any]:
                 refresh_topology(client)
             raise
         refresh_topology(client)
-        pipe = client.pipeline(transaction=False)
-        for _, command in groups:
-            pipe.execute_command(*command)
-        return list(pipe.execute())
+        return _one_key_at_a_time(client, groups)
     except (redis.ConnectionError, redis.TimeoutError, OSError):
         _discard(sent)
         refresh_topology(client)
@@ -213,6 +211,27 @@ def on_nodes(client: Any, groups: Sequence[tuple[int, Command]]) -> list[Any]:
         raise
     for pool, conn, _ in sent:
         pool.release(conn)
+    return replies
+
+
+def _one_key_at_a_time(client: Any, groups: Sequence[tuple[int, Command]]) -> list[Any]:
+    """The slow path while slots move: redis-py's cluster pipeline, with each MGET split into
+    GETs. A slot half migrated answers a multi-key command with TRYAGAIN until it is done, but
+    each single key with ASK to wherever it is now, which the pipeline follows."""
+    pipe = client.pipeline(transaction=False)
+    for _, command in groups:
+        keys = command[1:] if str(command[0]).upper() == "MGET" else ()
+        for key in keys:
+            pipe.get(key)
+        if not keys:
+            pipe.execute_command(*command)
+    flat = iter(pipe.execute())
+    replies: list[Any] = []
+    for _, command in groups:
+        if str(command[0]).upper() == "MGET":
+            replies.append([next(flat) for _ in command[1:]])
+        else:
+            replies.append(next(flat))
     return replies
 
 
