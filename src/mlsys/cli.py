@@ -19,9 +19,11 @@ from mlsys.errors import MlsysError
 # Verbs in the order `mlsys --help` shows them.
 VERBS: dict[str, str] = {
     "generate": "generate a dataset",
+    "data": "build training data from the impression and click log",
     "validate": "check a dataset against its schema and manifest",
     "report": "write an exploratory report",
     "train": "train a model",
+    "retrain": "retrain a model from its champion, gate it, register it",
     "evaluate": "evaluate a trained model",
     "predict": "write predictions for a test set",
     "bench": "run a benchmark",
@@ -45,6 +47,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mlsys.compose.models",
     "mlsys.compose.experiments",
     "mlsys.compose.monitoring",
+    "mlsys.compose.retrain",
 )
 
 Handler = Callable[[argparse.Namespace], int | None]

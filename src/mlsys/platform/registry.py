@@ -145,7 +145,7 @@ class Registry:
                 run.log_artifacts(folder, "model")
                 run.set_tags({"mlsys.data_checksum": card.data_checksum})
                 run_id = run.run_id
-        else:
+        elif not self.client.list_artifacts(run_id, "model"):  # training may have logged them
             self.client.log_artifacts(run_id, str(folder), "model")
         if self._registered(name) is None:
             self.client.create_registered_model(name, tags={"mlsys.kind": card.kind})
@@ -159,6 +159,11 @@ class Registry:
         }
         version = self.client.create_model_version(name, source, run_id=run_id, tags=tags)
         return str(version.version)
+
+    def tag_version(self, name: str, version: str, tags: dict[str, str]) -> None:
+        """Record facts about a version after its registration (e.g. a gate's verdict)."""
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, value)
 
     def versions(self, name: str | None = None) -> list[VersionInfo]:
         """Every version (of `name`, or of every model), newest first."""
