@@ -84,6 +84,30 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def make_ranknet() -> Any:
+    """`make_ranknet(out, seed, shuffle_from=None)`: a random-init RankNet saved the way
+    training saves it, or, with `shuffle_from`, that model with every weight tensor shuffled
+    (the deliberately broken candidate a gate must refuse)."""
+
+    def make(out: Path, seed: int, shuffle_from: Path | None = None) -> Path:
+        import torch
+
+        from mlsys.recommender.artifact import load_ranknet, save_ranknet
+        from mlsys.recommender.model import RankNet
+
+        torch.manual_seed(seed)
+        model = RankNet() if shuffle_from is None else load_ranknet(shuffle_from)[0]
+        if shuffle_from is not None:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.copy_(p.flatten()[torch.randperm(p.numel())].view_as(p))
+        save_ranknet(model, out, data_checksum="test", config={}, metrics={})
+        return out
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def garments_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """72 labelled + 24 test items (seed 17). Treat as read-only."""
     out = tmp_path_factory.mktemp("garments") / "tiny"

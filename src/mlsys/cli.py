@@ -35,6 +35,7 @@ VERBS: dict[str, str] = {
     "log": "export the impression and click log",
     "experiment": "analyse an online experiment",
     "monitor": "watch a model's live traffic for drift",
+    "pipeline": "the retraining loop: drift -> data -> retrain -> gate -> shadow -> canary",
     "loadtest": "replay requests against a running API",
     "demo": "run the main job end to end on a small dataset",
 }
@@ -48,6 +49,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mlsys.compose.experiments",
     "mlsys.compose.monitoring",
     "mlsys.compose.retrain",
+    "mlsys.compose.pipeline",
 )
 
 Handler = Callable[[argparse.Namespace], int | None]

@@ -80,34 +80,20 @@ def _logged_world(tiny: Path, champion: Path, out: Path, answers: int = 1500) ->
     return out / "data"
 
 
-def _random_ranknet(out: Path, seed: int, shuffle_from: Path | None = None) -> Path:
-    import torch
-
-    from mlsys.recommender.artifact import load_ranknet, save_ranknet
-    from mlsys.recommender.model import RankNet
-
-    torch.manual_seed(seed)
-    model = RankNet() if shuffle_from is None else load_ranknet(shuffle_from)[0]
-    if shuffle_from is not None:  # the deliberately broken model: every weight moved
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(p.flatten()[torch.randperm(p.numel())].view_as(p))
-    save_ranknet(model, out, data_checksum="test", config={}, metrics={})
-    return out
-
-
 @pytest.fixture(scope="module")
-def world(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def world(
+    tiny_data: Path, tmp_path_factory: pytest.TempPathFactory, make_ranknet: Any
+) -> dict[str, Path]:
     from mlsys.recommender.train import TrainConfig, train
 
     work = tmp_path_factory.mktemp("gate")
-    champion = _random_ranknet(work / "champion", seed=5)
+    champion = make_ranknet(work / "champion", seed=5)
     data = _logged_world(tiny_data, champion, work)
     learned = work / "learned"
     train(data, learned, TrainConfig(epochs=3, lr=3e-3, batch_size=256), init_from=champion,
           evaluate_test=False, progress=False, log=lambda _: None)  # fmt: skip
     return {"data": data, "champion": champion, "learned": learned,
-            "broken": _random_ranknet(work / "broken", 0, shuffle_from=learned)}  # fmt: skip
+            "broken": make_ranknet(work / "broken", 0, shuffle_from=learned)}  # fmt: skip
 
 
 def test_a_candidate_that_learned_the_clicks_is_blessed(world: dict[str, Path]) -> None:
@@ -128,3 +114,36 @@ def test_ips_weights_clicks_by_their_position(world: dict[str, Path]) -> None:
     assert (plain.weight == 1).all()
     logits: Any = np.zeros(len(plain.click))
     assert metrics(logits, plain)["roc_auc"] == pytest.approx(0.5)
+
+
+def test_retrain_cli_registers_every_candidate_and_aliases_only_the_blessed(
+    world: dict[str, Path], tmp_path: Path, capsys: Any
+) -> None:
+    """tfx#2376 and tfx#4390: why a model was not blessed is on its version, and a person can
+    force it past the gate, which is recorded too."""
+    from mlsys.cli import main
+    from mlsys.platform.registry import Registry
+
+    name = "ranknet-gate"
+    assert main(["models", "register", str(world["champion"]), "--name", name,
+                 "--alias", "champion"]) == 0  # fmt: skip
+    common = ["retrain", "ranknet", "--from", f"models:/{name}@champion",
+              "--data", str(world["data"]), "--name", name]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "idle"), "--epochs", "1", "--lr", "1e-9"]) == 3
+    registry = Registry()
+    refused = registry.versions(name)[0]
+    assert refused.tags["mlsys.gate.verdict"] == "refused"
+    assert "no metric better" in refused.tags["mlsys.gate.reasons"]
+    assert registry.alias_target(name, "challenger") is None
+
+    assert main([*common, "--out", str(tmp_path / "learned"), "--epochs", "4", "--lr", "1e-2"]) == 0
+    blessed = registry.versions(name)[0]
+    assert blessed.tags["mlsys.gate.verdict"] == "blessed"
+    assert registry.alias_target(name, "challenger") == blessed.version
+    assert "now challenger" in capsys.readouterr().out
+
+    forced = [*common, "--out", str(tmp_path / "forced"), "--epochs", "1", "--lr", "1e-9"]
+    assert main([*forced, "--force"]) == 0
+    last = registry.versions(name)[0]
+    assert last.tags["mlsys.gate.verdict"] == "forced"
+    assert registry.alias_target(name, "challenger") == last.version

@@ -150,6 +150,23 @@ def _drift(args: argparse.Namespace) -> int:
 
 
 def _recommender_windows(args: argparse.Namespace, client: Any) -> tuple[Any, ...]:
+    return recommender_windows(client, args.name, window=args.window, settle=args.settle,
+                               log_dir=args.log, version=args.version,
+                               reference=args.reference)  # fmt: skip
+
+
+def recommender_windows(
+    client: Any,
+    name: str,
+    *,
+    window: int | None = None,
+    settle: float | None = None,
+    log_dir: str | None = None,
+    version: str | None = None,
+    reference: str | None = None,
+) -> tuple[Any, ...]:
+    """(version, window size, reference columns, judged windows, live columns per window) of
+    the latest version of `name` that served monitored answers (or `version`)."""
     from mlsys.platform.event_log import CLICKS, IMPRESSIONS
     from mlsys.recommender.experiment import load_log
     from mlsys.recommender.monitor import (
@@ -161,20 +178,20 @@ def _recommender_windows(args: argparse.Namespace, client: Any) -> tuple[Any, ..
         scan,
     )
 
-    size = args.window or WINDOW
-    settle = SETTLE_S if args.settle is None else args.settle
-    impressions = load_log(client, IMPRESSIONS, args.log)
-    clicks = load_log(client, CLICKS, args.log)
-    mine = [r for r in impressions if served_by(args.name, r, "sample_model")]
-    version = args.version or (mine[-1]["sample_model"] if mine else None)
+    size = window or WINDOW
+    settle = SETTLE_S if settle is None else settle
+    impressions = load_log(client, IMPRESSIONS, log_dir)
+    clicks = load_log(client, CLICKS, log_dir)
+    mine = [r for r in impressions if served_by(name, r, "sample_model")]
+    version = version or (mine[-1]["sample_model"] if mine else None)
     if version is None:
         return None, size, {}, [], {}
     builder = WindowBuilder(size)
     builder.add(impressions, clicks)
     wins = [w for w in builder.complete(time.time() * 1000, settle) if w.version == version]
-    reference = load_reference(reference_dir(version, args.reference))
-    judged = scan(Monitor.for_reference(version, reference, size), wins)
-    return version, size, reference, judged, {w.index: w.inputs for w in wins}
+    profile = load_reference(reference_dir(version, reference))
+    judged = scan(Monitor.for_reference(version, profile, size), wins)
+    return version, size, profile, judged, {w.index: w.inputs for w in wins}
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -40,6 +40,13 @@ def add_commands(verbs: Verbs) -> None:
                    help="a click counts if it came within MIN minutes of its answer")  # fmt: skip
     p.add_argument("--holdout", type=float, default=0.2,
                    help="the latest share of answers, held out for the gate")  # fmt: skip
+    p.add_argument(
+        "--since-ms",
+        type=int,
+        default=None,
+        metavar="MS",
+        help="only answers from this time on (epoch ms, as the log stores it)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = verbs.add("retrain", "ranknet", _retrain, "warm-start from a model, gate, register")
@@ -71,7 +78,7 @@ def _from_log(args: argparse.Namespace) -> int:
     from mlsys.recommender.log_data import build, describe
 
     report = build(args.log_dir, args.features, args.out, window_s=args.window * 60,
-                   holdout=args.holdout)  # fmt: skip
+                   holdout=args.holdout, since_ms=args.since_ms)  # fmt: skip
     print(json.dumps(report) if args.json else describe(report) + f"\nwrote {args.out}")
     return 0
 

@@ -296,6 +296,10 @@ class Registry:
 
     # -------------------------------------------------------------- internals
 
+    def delete_alias(self, name: str, alias: str, reason: str) -> None:
+        """Take an alias off (a challenger rolled back); recorded in the history."""
+        self._delete_alias(name, alias, reason)
+
     def _delete_alias(self, name: str, alias: str, reason: str) -> None:
         before = self.alias_target(name, alias)
         if before is not None:

@@ -71,8 +71,10 @@ def build(
     *,
     window_s: float,
     holdout: float = 0.2,
+    since_ms: int | None = None,
 ) -> dict[str, Any]:
-    """Join, label, split and write; returns what `from_log.json` records."""
+    """Join, label, split and write; returns what `from_log.json` records. `since_ms` keeps
+    answers from then on (after a drift, the world before it is not what to learn)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -93,6 +95,10 @@ def build(
     if out.exists() and any(out.iterdir()):
         raise MlsysError(f"{out}: exists and is not empty")
 
+    if since_ms is not None:
+        impressions = impressions.filter(pc.greater_equal(impressions["ts_ms"], since_ms))
+        if impressions.num_rows == 0:
+            raise MlsysError(f"{log_dir}: no answer since {since_ms} (epoch ms)")
     ts = impressions["ts_ms"].to_numpy()
     latest = int(max(ts.max(), pc.max(clicks["ts_ms"]).as_py() if clicks else 0))
     window_ms = int(window_s * 1000)
@@ -164,6 +170,7 @@ def build(
         "log_dir": str(Path(log_dir).resolve()),
         "features_dir": str(features.root.resolve()),
         "window_min": window_s / 60,
+        "since_ms": since_ms,
         "answers": {
             "exported": impressions.num_rows,
             "labelled": answers.num_rows,

@@ -1,0 +1,138 @@
+"""The retraining loop end to end on the tiny dataset, minutes not tens of minutes: a real
+`mlsys serve --workers 2` on models:/NAME@champion, the feature store and an append-only log
+Redis, simulated users clicking by the true rule throughout, and `mlsys pipeline run` driving
+export -> data -> retrain (gate) -> shadow -> canary -> promote or roll back.
+
+Three runs share the server, in file order: a candidate the gate refuses; one the gate
+blesses but whose canary breaks the latency guardrail (set so that no challenger can meet it:
+the challenger must answer 1 s faster than the champion), rolled back; and one promoted.
+Every request of the simulated users must succeed through all of it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlsys.cli import main
+from mlsys.compose.pipeline import Pipeline, PipelineConfig, read_json
+from mlsys.compose.stack import start_api, stop_process, wait_ready
+from mlsys.platform.redis_client import connect_node
+from mlsys.platform.redis_server import RedisServer, free_port
+from mlsys.platform.registry import Registry
+
+pytestmark = pytest.mark.integration
+NAME = "ranknet-loop"
+
+
+@dataclass
+class Loop:
+    url: str
+    log_url: str
+    work: Path
+    traffic: dict[str, Any]
+    stop: threading.Event
+
+
+@pytest.fixture(scope="module")
+def loop(
+    loaded_redis: Any, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory, make_ranknet: Any
+) -> Iterator[Loop]:
+    from mlsys.recommender.simulate import simulate
+
+    work = tmp_path_factory.mktemp("pipeline")
+    champion = make_ranknet(work / "champion", seed=5)
+    assert main(["models", "register", str(champion), "--name", NAME, "--alias", "champion"]) == 0
+    log = RedisServer(workdir=work / "log-redis", appendonly=True).start()
+    port = free_port()
+    proc = start_api(
+        f"models:/{NAME}@champion", loaded_redis.url, port=port, workers=2,
+        log_path=work / "api.log", extra_args=["--log-redis", log.url, "--model-refresh", "0.5"],
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    stop = threading.Event()
+    traffic: dict[str, Any] = {"runs": []}
+
+    def users() -> None:  # 40 answers a second until the module is done
+        seed = 0
+        while not stop.is_set():
+            traffic["runs"].append(simulate(url, tiny_data, rate=40, duration=5, seed=seed))
+            seed += 1
+
+    try:
+        wait_ready(url, proc, timeout_s=120)
+        thread = threading.Thread(target=users, daemon=True)
+        thread.start()
+        while sum(r["ok"] for r in traffic["runs"]) < 600:  # a log to learn from
+            stop.wait(1)
+        yield Loop(url, log.url, work, traffic, stop)
+    finally:
+        stop.set()
+        stop_process(proc)
+        log.stop()
+
+
+def _config(loop: Loop, name: str, **changes: Any) -> PipelineConfig:
+    base = PipelineConfig(
+        name=NAME, features="", workdir=str(loop.work / name), log_redis=loop.log_url,
+        trigger="now", window_min=0.05, epochs=4, lr=1e-2, shadow_answers=100,
+        canary_percent=50, canary_answers=150, poll_s=0.5, step_timeout_s=120,
+    )  # fmt: skip
+    return replace(base, **changes)
+
+
+def _run(loop: Loop, config: PipelineConfig, tiny_data: Path) -> tuple[str, dict[str, Any]]:
+    config = replace(config, features=str(tiny_data))
+    outcome = Pipeline(config, connect_node(loop.log_url, timeout_s=10), say=print).run()
+    state = read_json(Path(config.workdir) / "pipeline.json")
+    assert state is not None
+    return outcome, state
+
+
+def test_the_gate_stops_a_candidate_that_learned_nothing(loop: Loop, tiny_data: Path) -> None:
+    outcome, state = _run(loop, _config(loop, "refused", lr=1e-9, epochs=1), tiny_data)
+    assert outcome == "refused"
+    assert state["steps"]["retrain"]["status"] == "refused"
+    assert Registry().alias_target(NAME, "challenger") is None
+    assert "shadow" not in state["steps"]
+
+
+def test_a_canary_slower_than_its_guardrail_is_rolled_back(loop: Loop, tiny_data: Path) -> None:
+    registry = Registry()
+    champion = registry.alias_target(NAME, "champion")
+    outcome, state = _run(loop, _config(loop, "slow", max_p95_ms=-1000.0), tiny_data)
+    assert outcome == "rolled_back", state
+    assert state["steps"]["retrain"]["status"] == "done"  # the gate had blessed it
+    assert "p95" in state["rolled_back"]["reason"] or "guardrail" in state["rolled_back"]["reason"]
+    assert registry.alias_target(NAME, "champion") == champion
+    assert registry.alias_target(NAME, "challenger") is None
+    version = state["steps"]["retrain"]["detail"]["version"]
+    assert "mlsys.pipeline.rolled_back" in registry.version(NAME, version).tags
+
+
+def test_a_blessed_candidate_goes_through_shadow_and_canary_to_champion(
+    loop: Loop, tiny_data: Path
+) -> None:
+    outcome, state = _run(loop, _config(loop, "promoted"), tiny_data)
+    assert outcome == "promoted", state
+    version = state["steps"]["retrain"]["detail"]["version"]
+    assert Registry().alias_target(NAME, "champion") == version
+    assert state["steps"]["shadow"]["detail"]["coverage"] >= 0.5
+    assert state["steps"]["canary"]["detail"]["challenger"]["impressions"] >= 150
+    # Resuming an ended pipeline does nothing; status reads it.
+    assert Pipeline(replace(_config(loop, "promoted"), features=str(tiny_data)),
+                    connect_node(loop.log_url, timeout_s=10)).run() == "promoted"  # fmt: skip
+    assert main(["pipeline", "status", "--workdir", str(loop.work / "promoted")]) == 0
+
+
+def test_no_request_failed_through_every_swap(loop: Loop) -> None:
+    loop.stop.set()
+    runs = loop.traffic["runs"]
+    sent = sum(r["requests"] for r in runs)
+    ok = sum(r["ok"] for r in runs)
+    assert sent > 1000 and ok == sent, [r["statuses"] for r in runs if r["ok"] != r["requests"]]
