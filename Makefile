@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# SCALE=full (default): the task's 50M rows, about 10 minutes; SCALE=small: under 2 minutes.
+SCALE ?= full
 demo: install
-	$(VENV)/bin/mlsys demo
+	$(VENV)/bin/mlsys demo --scale $(SCALE)
 
 test: install
 	$(PY) -m pytest

@@ -15,13 +15,19 @@ if TYPE_CHECKING:
 def add_commands(verbs: Verbs) -> None:
     demo = verbs.add_verb("demo", _demo)
     demo.add_argument("--workdir", default=".demo", help="where the demo writes (default .demo)")
+    demo.add_argument(
+        "--scale",
+        choices=("full", "small"),
+        default="full",
+        help="full: the task's 50M rows, about 10 min; small: under 2 min",
+    )
     _add_serving_commands(verbs)
 
 
 def _demo(args: argparse.Namespace) -> int:
     from mlsys.compose.demo import run_demo
 
-    return run_demo(args.workdir)
+    return run_demo(args.workdir, args.scale)
 
 
 def _add_serving_commands(verbs: Verbs) -> None:

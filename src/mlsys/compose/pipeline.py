@@ -9,7 +9,8 @@
   marks where the new world starts: the data step keeps answers from then on.
 - **export**: the log's streams to parquet (`mlsys log export`, incremental, not trimmed, so
   the monitor and the experiment reports keep reading the streams).
-- **data**: `mlsys data from-log` with the waiting window.
+- **data**: exports again until `--min-answers` answers since the trigger are labelled (older
+  than the waiting window), then `mlsys data from-log`.
 - **retrain**: `mlsys retrain ranknet` from `models:/NAME@champion`: warm start, MLflow run,
   the gate; the candidate is registered either way, and only a blessed one becomes challenger.
 - **shadow**: the challenger scores every request beside the champion, off the critical path,
@@ -66,10 +67,12 @@ class PipelineConfig:
     workdir: str
     log_redis: str
     trigger: str = "drift"  # or "now"
+    since_ms: int | None = None  # with "now": learn from answers since then (default: all)
     drift_window: int | None = None  # answers per monitoring window (default: the monitor's)
     drift_settle_s: float | None = None
     window_min: float = 1.0  # the click-joining window
     holdout: float = 0.2
+    min_answers: int = 0  # labelled answers since the trigger before training
     epochs: int = 2
     lr: float = 1e-4
     ips: bool = False
@@ -160,7 +163,7 @@ class Pipeline:
 
     def step_trigger(self) -> dict[str, Any]:
         if self.config.trigger == "now":
-            return {"reason": "now"}
+            return {"reason": "now", "since_ms": self.config.since_ms}
         if self.config.trigger != "drift":
             raise MlsysError(f"--trigger {self.config.trigger!r}: expected drift or now")
         from mlsys.compose.monitoring import recommender_windows
@@ -198,12 +201,28 @@ class Pipeline:
     def step_data(self) -> dict[str, Any]:
         import shutil
 
+        from mlsys.platform.event_log import export, read_parts
+        from mlsys.recommender.impressions import schemas
         from mlsys.recommender.log_data import build
 
+        since = self.state["steps"]["trigger"]["detail"].get("since_ms")
+        window_ms = self.config.window_min * 60_000
+
+        def enough() -> dict[str, Any] | None:
+            """Exports again until `min_answers` answers since the trigger are labelled."""
+            export(self.client, self.dir / "log", schemas(), trim=False)
+            answers = read_parts(self.dir / "log" / "impressions")
+            if answers is None:
+                return None
+            ts = answers["ts_ms"].to_numpy()
+            settled = (ts >= (since or 0)) & (ts <= time.time() * 1000 - window_ms)
+            count = int(settled.sum())
+            return {"answers": count} if count >= max(self.config.min_answers, 1) else None
+
+        self.wait("data", enough)
         out = self.dir / "data"
         if out.exists():  # a half-written folder from an interrupted run
             shutil.rmtree(out)
-        since = self.state["steps"]["trigger"]["detail"].get("since_ms")
         report = build(self.dir / "log", self.config.features, out,
                        window_s=self.config.window_min * 60, holdout=self.config.holdout,
                        since_ms=since)  # fmt: skip
@@ -399,11 +418,25 @@ def add_commands(verbs: Verbs) -> None:
     p.add_argument("--redis", default=log_redis_url_from_env(), metavar="URL", help=LOG_REDIS_HELP)
     defaults = PipelineConfig("", "", "", "")
     p.add_argument("--trigger", choices=("drift", "now"), default=defaults.trigger)
+    p.add_argument(
+        "--since-ms",
+        type=int,
+        default=None,
+        metavar="MS",
+        help="with --trigger now: learn from answers since then (epoch ms)",
+    )
     p.add_argument("--drift-window", type=int, default=None, metavar="ANSWERS")
     p.add_argument("--drift-settle", type=float, default=None, metavar="S")
     p.add_argument("--window", type=float, default=defaults.window_min, metavar="MIN",
                    help="a click counts if it came within MIN minutes of its answer")  # fmt: skip
     p.add_argument("--holdout", type=float, default=defaults.holdout)
+    p.add_argument(
+        "--min-answers",
+        type=int,
+        default=defaults.min_answers,
+        metavar="N",
+        help="wait for N labelled answers since the trigger before training",
+    )
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--ips", action="store_true", help="the gate weights clicks by position")
@@ -432,8 +465,10 @@ def add_commands(verbs: Verbs) -> None:
 def config_from(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(
         name=args.name, features=args.features, workdir=args.workdir, log_redis=args.redis,
-        trigger=args.trigger, drift_window=args.drift_window, drift_settle_s=args.drift_settle,
-        window_min=args.window, holdout=args.holdout, epochs=args.epochs, lr=args.lr,
+        trigger=args.trigger, since_ms=args.since_ms, drift_window=args.drift_window,
+        drift_settle_s=args.drift_settle,
+        window_min=args.window, holdout=args.holdout, min_answers=args.min_answers,
+        epochs=args.epochs, lr=args.lr,
         ips=args.ips, shadow_answers=args.shadow_answers, canary_percent=args.canary_percent,
         canary_answers=args.canary_answers, max_p95_ms=args.max_p95_ms,
         max_error_rate=args.max_error_rate, poll_s=args.poll, step_timeout_s=args.step_timeout,

@@ -95,8 +95,11 @@ def build(
     if out.exists() and any(out.iterdir()):
         raise MlsysError(f"{out}: exists and is not empty")
 
+    earlier: set[str] = set()  # answers before `since_ms`: neither rows nor their clicks
     if since_ms is not None:
-        impressions = impressions.filter(pc.greater_equal(impressions["ts_ms"], since_ms))
+        before = pc.less(impressions["ts_ms"], since_ms)
+        earlier = set(impressions.filter(before)["request_id"].to_pylist())
+        impressions = impressions.filter(pc.invert(before))
         if impressions.num_rows == 0:
             raise MlsysError(f"{log_dir}: no answer since {since_ms} (epoch ms)")
     ts = impressions["ts_ms"].to_numpy()
@@ -126,8 +129,8 @@ def build(
             clicks["request_id"].to_pylist(), clicks["item_id"].to_pylist(),
             clicks["position"].to_pylist(), clicks["ts_ms"].to_pylist(), strict=True,
         ):  # fmt: skip
-            if rid in pending_ids:
-                continue  # its answer is not labelled yet
+            if rid in pending_ids or rid in earlier:
+                continue  # its answer is not labelled yet, or not wanted
             tally["clicks"] += 1
             i = row_of.get(rid)
             row = -1 if i is None or pos is None else int(offsets[i]) + int(pos) - 1

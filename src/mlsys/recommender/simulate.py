@@ -152,6 +152,7 @@ async def _run(
     statuses: Counter[str] = Counter()
     feedback: Counter[str] = Counter()
     user_arms: dict[int, set[str]] = defaultdict(set)
+    latency: list[float] = []  # ms, answered requests, as the user saw them
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     started = time.monotonic()
     done = 0
@@ -174,6 +175,7 @@ async def _run(
             row = int(order[i % len(order)])
             user = int(population.users[row])
             request_id = f"sim-{run}-{i}"
+            sent = time.perf_counter()
             try:
                 r = await client.post(
                     f"/recommend/{user}",
@@ -184,6 +186,8 @@ async def _run(
                 statuses[type(exc).__name__] += 1
                 return
             statuses[str(r.status_code)] += 1
+            if r.status_code == 200:
+                latency.append((time.perf_counter() - sent) * 1e3)
             arm = r.headers.get("x-arm", "champion")
             tally = arms[arm]
             tally.requests += 1
@@ -236,6 +240,7 @@ async def _run(
         "users_switching_arm": switched,
         "arms": {name: t.summary() for name, t in sorted(arms.items())},
         "oracle_ctr": oracle,
+        "p95_ms": float(np.percentile(latency, 95)) if latency else None,
     }
 
 
@@ -246,10 +251,13 @@ def simulate(
     duration: float,
     seed: int = 0,
     timeout: float = 5.0,
+    population: Population | None = None,
 ) -> dict[str, Any]:
+    """`population` (`load_population(data_dir)`) saves reading the world again when a caller
+    simulates it in many short runs."""
     if rate <= 0 or duration <= 0:
         raise MlsysError("--rate and --duration must be positive")
-    population = load_population(data_dir)
+    population = population or load_population(data_dir)
     return asyncio.run(_run(url.rstrip("/"), population, rate, duration, seed, timeout))
 
 
