@@ -80,7 +80,7 @@ def loop(
 def _config(loop: Loop, name: str, **changes: Any) -> PipelineConfig:
     base = PipelineConfig(
         name=NAME, features="", workdir=str(loop.work / name), log_redis=loop.log_url,
-        trigger="now", window_min=0.05, epochs=4, lr=1e-2, shadow_answers=100,
+        trigger="now", window_min=0.05, min_answers=400, epochs=4, lr=1e-2, shadow_answers=100,
         canary_percent=50, canary_answers=150, poll_s=0.5, step_timeout_s=120,
     )  # fmt: skip
     return replace(base, **changes)
@@ -118,8 +118,23 @@ def test_a_canary_slower_than_its_guardrail_is_rolled_back(loop: Loop, tiny_data
 def test_a_blessed_candidate_goes_through_shadow_and_canary_to_champion(
     loop: Loop, tiny_data: Path
 ) -> None:
+    """Stopped by a person right after the gate, then resumed: the second run does not
+    retrain, it goes on with the shadow."""
+    config = replace(_config(loop, "promoted"), features=str(tiny_data))
+    client = connect_node(loop.log_url, timeout_s=10)
+
+    def stop_after_the_gate(line: str) -> None:
+        print(line)
+        if "retrain: done" in line:
+            assert main(["pipeline", "stop", "--workdir", config.workdir]) == 0
+
+    assert Pipeline(config, client, say=stop_after_the_gate).run() == "stopped"
+    registry = Registry()
+    versions = len(registry.versions(NAME))
+    assert registry.alias_target(NAME, "challenger") is not None
     outcome, state = _run(loop, _config(loop, "promoted"), tiny_data)
     assert outcome == "promoted", state
+    assert len(registry.versions(NAME)) == versions  # resumed: no second retraining
     version = state["steps"]["retrain"]["detail"]["version"]
     assert Registry().alias_target(NAME, "champion") == version
     assert state["steps"]["shadow"]["detail"]["coverage"] >= 0.5

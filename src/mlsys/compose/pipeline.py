@@ -121,7 +121,13 @@ class Pipeline:
             "name": self.config.name, "config": asdict(self.config), "steps": {},
             "outcome": None, "started": time.time(),
         }  # fmt: skip
-        if self.state.get("outcome"):
+        control = read_json(self.dir / CONTROL) or {}
+        if control.pop("stop", None):  # a stop is for the run it stopped; this one goes on
+            write_json(self.dir / CONTROL, control)
+        if self.state.get("outcome") == "stopped":
+            self.event("pipeline", "resuming a stopped run")
+            self.state["outcome"] = None
+        elif self.state.get("outcome"):
             self.event("pipeline", "already ended", outcome=self.state["outcome"])
             return str(self.state["outcome"])
         with tracked_run(f"{self.config.name}-pipeline", run_name="pipeline") as run:
