@@ -255,16 +255,6 @@ def component(settings: Settings) -> Component:
     def client() -> Any:
         return store().client
 
-    def fetch(user_id: int, candidate_ids: list[int]) -> Any:
-        """One retry of a read that timed out: on a machine whose cores the API shares with
-        Redis and its clients, a read now and then misses its 50 ms while the process waits
-        for a core (seen as 1 failed request in 2,400 in the demo). A second miss is a 503; a
-        refused connection is one at once, since Redis is down."""
-        try:
-            return store().fetch(user_id, candidate_ids)
-        except redis.TimeoutError:
-            return store().fetch(user_id, candidate_ids)
-
     redis_errors: tuple[type[Exception], ...] = (*unavailable_errors(), FeatureStoreError)
     log_url = settings.log_redis_url or settings.redis_url
     with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
@@ -291,7 +281,7 @@ def component(settings: Settings) -> Component:
         active = rollout.current if rollout is not None else None
         request_id: str = request.scope["state"]["request_id"]
         try:
-            rows = fetch(user_id, query.candidate_ids)
+            rows = store().fetch(user_id, query.candidate_ids)
         except redis_errors as exc:
             failed(active, user_id, request_id)
             log["error"] = f"{type(exc).__name__}: {exc}"
