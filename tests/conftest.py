@@ -108,6 +108,36 @@ def make_ranknet() -> Any:
 
 
 @pytest.fixture(scope="session")
+def alias_server() -> Any:
+    """`with alias_server(NAME, store_url, workdir) as (url, log_redis, proc):` a real `mlsys
+    serve --workers 2` on models:/NAME@champion, following aliases every 0.5 s, with the
+    impression log on an append-only Redis of its own; both stopped on exit."""
+    import contextlib
+
+    from mlsys.compose.stack import start_api, stop_process, wait_ready
+    from mlsys.platform.redis_server import RedisServer, free_port
+
+    @contextlib.contextmanager
+    def serve(name: str, store_url: str, work: Path) -> Iterator[tuple[str, Any, Any]]:
+        log = RedisServer(workdir=work / "log-redis", appendonly=True).start()
+        port = free_port()
+        proc = start_api(
+            f"models:/{name}@champion", store_url, port=port, workers=2,
+            log_path=work / "api.log",
+            extra_args=["--log-redis", log.url, "--model-refresh", "0.5"],
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, proc, timeout_s=120)
+            yield url, log, proc
+        finally:
+            stop_process(proc)
+            log.stop()
+
+    return serve
+
+
+@pytest.fixture(scope="session")
 def garments_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """72 labelled + 24 test items (seed 17). Treat as read-only."""
     out = tmp_path_factory.mktemp("garments") / "tiny"

@@ -25,8 +25,6 @@ import pytest
 import redis
 
 from mlsys.cli import main
-from mlsys.compose.stack import start_api, stop_process, wait_ready
-from mlsys.platform.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 NAME = "ranknet-experiments"
@@ -42,36 +40,19 @@ class Server:
     log: Any
 
 
-def _ranknet(out: Path, seed: int) -> Path:
-    import torch
-
-    from mlsys.recommender.artifact import save_ranknet
-    from mlsys.recommender.model import RankNet
-
-    torch.manual_seed(seed)
-    save_ranknet(RankNet(), out, data_checksum="test", config={"seed": seed}, metrics={})
-    return out
-
-
 @pytest.fixture(scope="module")
-def server(loaded_redis: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    loaded_redis: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    make_ranknet: Any,
+    alias_server: Any,
+) -> Iterator[Server]:
     work = tmp_path_factory.mktemp("experiments")
     for seed, alias in ((11, "champion"), (12, "challenger")):
-        folder = _ranknet(work / f"m{seed}", seed)
+        folder = make_ranknet(work / f"m{seed}", seed)
         assert main(["models", "register", str(folder), "--name", NAME, "--alias", alias]) == 0
-    log = RedisServer(workdir=work / "log-redis", appendonly=True).start()
-    port = free_port()
-    proc = start_api(
-        f"models:/{NAME}@champion", loaded_redis.url, port=port, workers=2,
-        log_path=work / "api.log", extra_args=["--log-redis", log.url, "--model-refresh", "0.5"],
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, timeout_s=120)
+    with alias_server(NAME, loaded_redis.url, work) as (url, log, proc):
         yield Server(url, log.url, proc, redis.Redis.from_url(log.url))
-    finally:
-        stop_process(proc)
-        log.stop()
 
 
 def _recommend(http: httpx.Client, user: int, request_id: str | None = None) -> httpx.Response:

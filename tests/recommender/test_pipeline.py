@@ -21,9 +21,7 @@ import pytest
 
 from mlsys.cli import main
 from mlsys.compose.pipeline import Pipeline, PipelineConfig, read_json
-from mlsys.compose.stack import start_api, stop_process, wait_ready
 from mlsys.platform.redis_client import connect_node
-from mlsys.platform.redis_server import RedisServer, free_port
 from mlsys.platform.registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -41,40 +39,38 @@ class Loop:
 
 @pytest.fixture(scope="module")
 def loop(
-    loaded_redis: Any, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory, make_ranknet: Any
+    loaded_redis: Any,
+    tiny_data: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    make_ranknet: Any,
+    alias_server: Any,
 ) -> Iterator[Loop]:
-    from mlsys.recommender.simulate import simulate
+    from mlsys.recommender.simulate import load_population, simulate
 
     work = tmp_path_factory.mktemp("pipeline")
     champion = make_ranknet(work / "champion", seed=5)
     assert main(["models", "register", str(champion), "--name", NAME, "--alias", "champion"]) == 0
-    log = RedisServer(workdir=work / "log-redis", appendonly=True).start()
-    port = free_port()
-    proc = start_api(
-        f"models:/{NAME}@champion", loaded_redis.url, port=port, workers=2,
-        log_path=work / "api.log", extra_args=["--log-redis", log.url, "--model-refresh", "0.5"],
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    population = load_population(tiny_data)
     stop = threading.Event()
     traffic: dict[str, Any] = {"runs": []}
+    with alias_server(NAME, loaded_redis.url, work) as (url, log, _):
 
-    def users() -> None:  # 40 answers a second until the module is done
-        seed = 0
-        while not stop.is_set():
-            traffic["runs"].append(simulate(url, tiny_data, rate=40, duration=5, seed=seed))
-            seed += 1
+        def users() -> None:  # 40 answers a second until the module is done
+            seed = 0
+            while not stop.is_set():
+                traffic["runs"].append(simulate(url, tiny_data, rate=40, duration=5, seed=seed,
+                                                population=population))  # fmt: skip
+                seed += 1
 
-    try:
-        wait_ready(url, proc, timeout_s=120)
         thread = threading.Thread(target=users, daemon=True)
         thread.start()
-        while sum(r["ok"] for r in traffic["runs"]) < 600:  # a log to learn from
-            stop.wait(1)
-        yield Loop(url, log.url, work, traffic, stop)
-    finally:
-        stop.set()
-        stop_process(proc)
-        log.stop()
+        try:
+            while sum(r["ok"] for r in traffic["runs"]) < 600:  # a log to learn from
+                stop.wait(1)
+            yield Loop(url, log.url, work, traffic, stop)
+        finally:
+            stop.set()
+            thread.join()
 
 
 def _config(loop: Loop, name: str, **changes: Any) -> PipelineConfig:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -51,7 +52,7 @@ SCENARIOS = {
                      canary_percent=50, canary_answers=300, timeout_s=480),
     # The small champion has learned nothing (2.4k Adam steps at lr 1e-8), so there is no
     # outcome to drift: the loop starts on schedule right after the change.
-    "small": Scenario(rate=60, before_s=15, after_s=15, trigger="now", drift_window=100,
+    "small": Scenario(rate=40, before_s=15, after_s=15, trigger="now", drift_window=100,
                       min_answers=600, epochs=3, lr=1e-3, shadow_answers=100,
                       canary_percent=50, canary_answers=150, timeout_s=240),
 }  # fmt: skip
@@ -92,6 +93,9 @@ def run_lifecycle(work: Path, data_dir: Path, scenario: Scenario) -> dict[str, A
     from mlsys.compose.stack import running_stack
     from mlsys.recommender.drift_scenarios import generate_drift
 
+    # The log's Redis is append-only: its file from an earlier run would replay that run's
+    # answers into this one's streams (and the monitor would judge them with this run's model).
+    shutil.rmtree(work / "serving", ignore_errors=True)
     world = work / f"{data_dir.name}-concept"
     if not (world / "manifest.json").exists():
         generate_drift(data_dir, world, "concept", force=True, progress=False)
@@ -157,8 +161,6 @@ def _pipeline(
     folder: Path, world: Path, log_url: str, scenario: Scenario, marks: dict[str, float]
 ) -> str:
     """`mlsys pipeline run` as a child, its lines echoed; killed if it runs out of time."""
-    import shutil
-
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -171,7 +173,7 @@ def _pipeline(
         "--epochs", str(scenario.epochs), "--lr", str(scenario.lr),
         "--shadow-answers", str(scenario.shadow_answers),
         "--canary-percent", str(scenario.canary_percent),
-        "--canary-answers", str(scenario.canary_answers), "--poll", "1",
+        "--canary-answers", str(scenario.canary_answers), "--poll", "2",
         "--step-timeout", str(scenario.timeout_s),
     ]  # fmt: skip
     # At a lower CPU priority: retraining shares the cores with the API it must not slow down.

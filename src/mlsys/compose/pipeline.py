@@ -153,7 +153,7 @@ class Pipeline:
                 self.event(step, "done", **detail)
             outcome = "promoted"
         except Ended as end:
-            self.state["steps"].setdefault(end.outcome, {})["detail"] = {"reason": end.reason}
+            self.state["reason"] = end.reason
             outcome = end.outcome
             self.event("pipeline", outcome, reason=end.reason)
         except Stopped:
@@ -498,7 +498,8 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(state, default=str))
         return 0
-    print(f"pipeline {state['name']}: {state.get('outcome') or 'running'}")
+    why = f" ({state['reason']})" if state.get("reason") else ""
+    print(f"pipeline {state['name']}: {state.get('outcome') or 'running'}{why}")
     for step in STEPS:
         entry = state["steps"].get(step)
         status = "-" if entry is None else entry.get("status", "?")
