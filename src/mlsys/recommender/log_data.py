@@ -103,7 +103,8 @@ def build(
         if impressions.num_rows == 0:
             raise MlsysError(f"{log_dir}: no answer since {since_ms} (epoch ms)")
     ts = impressions["ts_ms"].to_numpy()
-    latest = int(max(ts.max(), pc.max(clicks["ts_ms"]).as_py() if clicks else 0))
+    last_click = pc.max(clicks["ts_ms"]).as_py() if clicks is not None else None
+    latest = int(max(ts.max(), last_click or 0))
     window_ms = int(window_s * 1000)
     settled = ts <= latest - window_ms
     answers = impressions.filter(pa.array(settled))
