@@ -32,7 +32,11 @@ an MLflow run in the experiment `NAME-pipeline`. A person steers it from another
     mlsys pipeline status --workdir DIR
     mlsys pipeline stop --workdir DIR             stop at the next check; a rollout is stopped
     mlsys pipeline force STEP --workdir DIR [--fail]   end a step's wait with pass (or fail);
-                                                  for retrain: make a refused candidate challenger
+                                                  retrain, given before the gate judges: a
+                                                  refused candidate becomes challenger (forced)
+
+After a loop has ended (refused, rolled back), `mlsys models alias` and `mlsys rollout` are
+the hand tools; a new `pipeline run` in a new workdir starts the loop again.
 """
 
 from __future__ import annotations
