@@ -18,6 +18,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,8 @@ def fill(client: Any) -> None:
     users["features"] = rng.normal(size=(USERS, 30))
     rests = np.zeros(RESTAURANTS, RESTAURANT_DTYPE)
     rests["features"] = rng.normal(size=(RESTAURANTS, 10))
-    _write(client, [user_key("f1", u) for u in range(USERS)], users, 10_000, None)
-    _write(client, [restaurant_key("f1", r) for r in range(RESTAURANTS)], rests, 10_000, None)
+    _write(client, partial(user_key, "f1"), users, 10_000, None)
+    _write(client, partial(restaurant_key, "f1"), rests, 10_000, None)
     client.set(POINTER_KEY, "f1")
 
 

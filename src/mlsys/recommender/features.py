@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import compress, repeat
 from operator import is_not
 from pathlib import Path
@@ -149,39 +150,37 @@ def restaurant_key(ns: str, restaurant_id: int) -> str:
 _CLUSTER_WINDOW = 1_000_000  # keys grouped by slot at a time: bounded memory, big MSETs
 
 
-def _write(client: Any, keys: list[str], rows: npt.NDArray[Any], batch: int, bar: Any) -> None:
-    """MSETs of up to `batch` keys, pipelined a few per round trip to keep Redis busy.
+def _write(
+    client: Any, key_of: Callable[[int], str], rows: npt.NDArray[Any], batch: int, bar: Any
+) -> None:
+    """MSETs of up to `batch` keys, pipelined a few per round trip to keep Redis busy; keys are
+    made a window at a time, so memory stays bounded whatever the table's size.
 
-    A cluster takes an MSET only within one hash slot, so there the keys are grouped by slot
-    first (a million at a time) and redis-py's cluster pipeline routes each MSET to its node.
+    A cluster takes an MSET only within one hash slot, so there each window (a million keys)
+    is grouped by slot first and redis-py's cluster pipeline routes each MSET to its node.
     """
     buf = rows.tobytes()
     width = rows.dtype.itemsize
-
-    def pairs(indices: Sequence[int]) -> list[Any]:
-        flat: list[Any] = []
-        for i in indices:
-            flat.append(keys[i])
-            flat.append(buf[i * width : (i + 1) * width])
-        return flat
-
     cluster = is_cluster(client)
+    step = _CLUSTER_WINDOW if cluster else batch
     pipe = client.pipeline(transaction=False)
     pending = 0
-    for window in range(0, len(rows), _CLUSTER_WINDOW if cluster else batch):
+    for start in range(0, len(rows), step):
+        keys = [key_of(i) for i in range(start, min(start + step, len(rows)))]
+        groups = [np.arange(len(keys))]
         if cluster:
-            stop = min(window + _CLUSTER_WINDOW, len(rows))
-            slots = np.fromiter((key_slot(keys[i]) for i in range(window, stop)), np.int64)
-            order = np.argsort(slots, kind="stable") + window
-            bounds = np.flatnonzero(np.diff(slots[order - window])) + 1
-            groups = [g for part in np.split(order, bounds) for g in np.array_split(
-                part, -(-len(part) // batch))]  # fmt: skip
-        else:
-            groups = [np.arange(window, min(window + batch, len(rows)))]
+            slots = np.fromiter(map(key_slot, keys), np.int64, count=len(keys))
+            order = np.argsort(slots, kind="stable")
+            by_slot = np.split(order, np.flatnonzero(np.diff(slots[order])) + 1)
+            groups = [g for part in by_slot for g in np.array_split(part, -(-len(part) // batch))]
         for group in groups:
-            pipe.execute_command("MSET", *pairs(group.tolist()))
+            flat: list[Any] = []
+            for j in group.tolist():
+                i = start + j
+                flat += (keys[j], buf[i * width : (i + 1) * width])
+            pipe.execute_command("MSET", *flat)
             pending += 1
-            if pending >= (4 if not cluster else 2_000):
+            if pending >= (2_000 if cluster else 4):
                 pipe.execute()
                 pending = 0
             if bar is not None:
@@ -221,9 +220,8 @@ def materialize(
     with tqdm(
         total=total, unit="key", unit_scale=True, desc=f"load {ns}", disable=not progress
     ) as bar:
-        _write(client, [user_key(ns, u) for u in range(len(users))], users, batch, bar)
-        rkeys = [restaurant_key(ns, r) for r in range(len(restaurants))]
-        _write(client, rkeys, restaurants, batch, bar)
+        _write(client, partial(user_key, ns), users, batch, bar)
+        _write(client, partial(restaurant_key, ns), restaurants, batch, bar)
 
     manifest = dataset.manifest or {}
     files = manifest.get("files", {})
