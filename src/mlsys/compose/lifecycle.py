@@ -146,14 +146,20 @@ def _wait(traffic: Traffic, seconds: float, label: str) -> None:
         shown = len(traffic.runs)
 
 
+def _ctr_over_oracle(runs: list[dict[str, Any]]) -> float:
+    """Expected clicks of what was shown over the oracle's, every arm of `runs` together."""
+    arms = [a for r in runs for a in r["arms"].values()]
+    expected = sum(a["expected_ctr"] * a["impressions"] for a in arms)
+    oracle = sum(a["oracle_ctr"] * a["impressions"] for a in arms)
+    return expected / oracle if oracle else float("nan")
+
+
 def _line(run: dict[str, Any]) -> str:
-    expected = sum(a["expected_ctr"] * a["impressions"] for a in run["arms"].values())
-    oracle = sum(a["oracle_ctr"] * a["impressions"] for a in run["arms"].values())
     arms = "/".join(f"{k} {v['impressions']}" for k, v in run["arms"].items())
     p95 = run["p95_ms"]
     if p95 is None:
         return f"no answer: {run['statuses']}"
-    ratio = expected / max(oracle, 1e-9)
+    ratio = _ctr_over_oracle([run])
     return f"{run['ok']}/{run['requests']} ok, CTR/oracle {ratio:.3f}, p95 {p95:.1f} ms, {arms}"
 
 
@@ -223,16 +229,12 @@ def _phases(
         picked = [r for r in runs if lo <= r["start"] and r["end"] <= hi + 1]
         impressions = sum(a["impressions"] for r in picked for a in r["arms"].values())
         clicks = sum(a["clicks"] for r in picked for a in r["arms"].values())
-        expected = sum(a["expected_ctr"] * a["impressions"] for r in picked
-                       for a in r["arms"].values())  # fmt: skip
-        oracle = sum(a["oracle_ctr"] * a["impressions"] for r in picked
-                     for a in r["arms"].values())  # fmt: skip
         p95s = [r["p95_ms"] for r in picked if r["p95_ms"] is not None]
         out[phase] = {
             "seconds": round(hi - lo, 1),
             "answers": impressions,
             "ctr": clicks / impressions if impressions else None,
-            "ctr_over_oracle": expected / oracle if oracle else None,
+            "ctr_over_oracle": _ctr_over_oracle(picked) if impressions else None,
             "p95_ms_median": float(sorted(p95s)[len(p95s) // 2]) if p95s else None,
             "p95_ms_max": max(p95s) if p95s else None,
             "failed": sum(r["requests"] - r["ok"] for r in picked),
@@ -261,11 +263,7 @@ def _timeline(
 
     t0 = marks["start"]
     xs = [(r["start"] + r["end"]) / 2 - t0 for r in runs]
-    ratio = []
-    for r in runs:
-        exp = sum(a["expected_ctr"] * a["impressions"] for a in r["arms"].values())
-        orc = sum(a["oracle_ctr"] * a["impressions"] for a in r["arms"].values())
-        ratio.append(exp / orc if orc else float("nan"))
+    ratio = [_ctr_over_oracle([r]) for r in runs]
     p95 = [r["p95_ms"] if r["p95_ms"] is not None else float("nan") for r in runs]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     top.plot(xs, ratio, marker=".", color="tab:blue")

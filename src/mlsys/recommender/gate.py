@@ -45,6 +45,7 @@ class Holdout:
 
     @classmethod
     def load(cls, data_dir: str | Path, *, ips: bool = False) -> Holdout:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         from mlsys.errors import MlsysError
@@ -59,8 +60,6 @@ class Holdout:
                 f"{data_dir}/test: no request_id or propensity column; the gate judges data "
                 "built by `mlsys data from-log`"
             )
-        import pyarrow as pa
-
         table = pa.concat_tables(parts)
         users = table["user_id"].to_numpy().astype(np.int64)
         rests = table["restaurant_id"].to_numpy().astype(np.int64)
