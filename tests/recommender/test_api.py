@@ -331,3 +331,20 @@ def test_serve_subprocess_two_workers(
     served = [x for x in logs if x.get("endpoint") == "/recommend/{user_id}"]
     assert len(served) == 21 and all(len(x["request_id"]) == 32 for x in served)
     assert len({x["pid"] for x in served}) >= 1
+
+
+def test_api_started_before_redis_serves_once_redis_answers(
+    tmp_path: Path, tiny_data: Path, model_dir: Path
+) -> None:
+    """Whether the store is one node or a cluster is asked on first contact, so an API whose
+    Redis is not up yet answers 503 and then serves, with no restart."""
+    server = RedisServer(port=free_port(), workdir=tmp_path / "redis")
+    settings = Settings(model_dir=str(model_dir), redis_url=server.url)
+    with TestClient(build_app(settings)) as c:
+        assert c.post("/recommend/1", json=body([1, 2])).status_code == 503
+        try:
+            server.start()
+            F.materialize(tiny_data, connect(server.url, timeout_s=5), progress=False)
+            assert c.post("/recommend/1", json=body([1, 2])).status_code == 200
+        finally:
+            server.stop()

@@ -80,30 +80,6 @@ def connect_node(url: str, timeout_s: float = 0.05, max_connections: int = 16) -
     return redis.Redis(connection_pool=pool)
 
 
-class Link:
-    """A client decided on first contact. A server may start before its Redis does: until a
-    node answers, `client()` raises redis.ConnectionError (the API answers 503) and tries
-    again on the next call."""
-
-    def __init__(self, url: str, timeout_s: float = 0.05, max_connections: int = 16) -> None:
-        self.url = url
-        self.timeout_s = timeout_s
-        self.max_connections = max_connections
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    def client(self) -> Any:
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    self._client = connect(self.url, self.timeout_s, self.max_connections)
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            close(self._client)
-
-
 def is_cluster(client: Any) -> bool:
     import redis
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import re
 import time
@@ -43,13 +44,13 @@ from mlsys.errors import MlsysError
 from mlsys.platform.event_log import SHADOW_FLUSH_S, EventLog, Exposure
 from mlsys.platform.live_model import LiveModel, Served
 from mlsys.platform.openapi import Operation, Param
+from mlsys.platform.redis_client import close as close_client
 from mlsys.platform.redis_client import (
-    Link,
+    connect,
     connect_node,
     server_is_cluster,
     unavailable_errors,
 )
-from mlsys.platform.redis_client import close as close_client
 from mlsys.platform.rollout import (
     CHALLENGER,
     CHAMPION,
@@ -243,14 +244,13 @@ def component(settings: Settings) -> Component:
         label_of_folder=lambda m: m.version,
     )
     live.start()
-    feature_redis = Link(settings.redis_url, timeout_s=settings.redis_timeout_s)
-    stores: list[OnlineStore] = []
 
+    @functools.cache
     def store() -> OnlineStore:
-        """The store's client is decided (one node or a cluster) when Redis first answers."""
-        if not stores:
-            stores.append(OnlineStore(feature_redis.client()))
-        return stores[0]
+        """Whether the store is one node or a cluster is asked when Redis first answers: the
+        API may start before Redis does. Until then `connect` raises (a 503), and since an
+        exception is not cached, the next request asks again."""
+        return OnlineStore(connect(settings.redis_url, timeout_s=settings.redis_timeout_s))
 
     def client() -> Any:
         return store().client
@@ -541,7 +541,8 @@ def component(settings: Settings) -> Component:
             events.flush_shadows()
         if rollout is not None:
             rollout.stop()
-        feature_redis.close()
+        if store.cache_info().currsize:
+            close_client(store().client)
         close_client(log_client)
 
     def serving() -> str:
