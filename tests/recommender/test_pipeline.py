@@ -11,7 +11,7 @@ Every request of the simulated users must succeed through all of it.
 
 from __future__ import annotations
 
-import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from mlsys.cli import main
+from mlsys.compose.lifecycle import Traffic
 from mlsys.compose.pipeline import Pipeline, PipelineConfig, read_json
 from mlsys.platform.redis_client import connect_node
 from mlsys.platform.registry import Registry
@@ -33,8 +34,7 @@ class Loop:
     url: str
     log_url: str
     work: Path
-    traffic: dict[str, Any]
-    stop: threading.Event
+    traffic: Traffic
 
 
 @pytest.fixture(scope="module")
@@ -45,32 +45,18 @@ def loop(
     make_ranknet: Any,
     alias_server: Any,
 ) -> Iterator[Loop]:
-    from mlsys.recommender.simulate import load_population, simulate
-
     work = tmp_path_factory.mktemp("pipeline")
     champion = make_ranknet(work / "champion", seed=5)
     assert main(["models", "register", str(champion), "--name", NAME, "--alias", "champion"]) == 0
-    population = load_population(tiny_data)
-    stop = threading.Event()
-    traffic: dict[str, Any] = {"runs": []}
     with alias_server(NAME, loaded_redis.url, work) as (url, log, _):
-
-        def users() -> None:  # 40 answers a second until the module is done
-            seed = 0
-            while not stop.is_set():
-                traffic["runs"].append(simulate(url, tiny_data, rate=40, duration=5, seed=seed,
-                                                population=population))  # fmt: skip
-                seed += 1
-
-        thread = threading.Thread(target=users, daemon=True)
-        thread.start()
+        traffic = Traffic(url, tiny_data, rate=40)  # the demo's users, until the module ends
+        traffic.start()
         try:
-            while sum(r["ok"] for r in traffic["runs"]) < 600:  # a log to learn from
-                stop.wait(1)
-            yield Loop(url, log.url, work, traffic, stop)
+            while sum(r["ok"] for r in traffic.runs) < 600:  # a log to learn from
+                time.sleep(1)
+            yield Loop(url, log.url, work, traffic)
         finally:
-            stop.set()
-            thread.join()
+            traffic.stop()
 
 
 def _config(loop: Loop, name: str, **changes: Any) -> PipelineConfig:
@@ -142,8 +128,8 @@ def test_a_blessed_candidate_goes_through_shadow_and_canary_to_champion(
 
 
 def test_no_request_failed_through_every_swap(loop: Loop) -> None:
-    loop.stop.set()
-    runs = loop.traffic["runs"]
+    loop.traffic.stop()
+    runs = loop.traffic.runs
     sent = sum(r["requests"] for r in runs)
     ok = sum(r["ok"] for r in runs)
     assert sent > 1000 and ok == sent, [r["statuses"] for r in runs if r["ok"] != r["requests"]]
