@@ -177,7 +177,7 @@ def stack_memory(stack: Stack) -> dict[str, float]:
     """RSS in MiB: API process tree, redis-server, total; plus Redis' own used_memory."""
     import psutil
 
-    from mlsys.platform.redis_client import connect
+    from mlsys.platform.redis_client import connect, used_memory
 
     def tree_rss(pid: int) -> tuple[float, float]:
         root = psutil.Process(pid)
@@ -193,7 +193,7 @@ def stack_memory(stack: Stack) -> dict[str, float]:
     api_rss, api_pss = tree_rss(stack.api.pid)
     assert stack.redis.pid is not None
     redis_rss, redis_pss = tree_rss(stack.redis.pid)
-    used = connect(stack.redis.url, timeout_s=5).info("memory")["used_memory"] / 2**20
+    used = used_memory(connect(stack.redis.url, timeout_s=5)) / 2**20
     return {
         "api_rss_mib": round(api_rss, 1),
         "api_pss_mib": round(api_pss, 1),

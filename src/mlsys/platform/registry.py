@@ -252,7 +252,7 @@ class Registry:
         self.set_alias(name, CHAMPION, challenger, reason, probe)
         if champion is not None:
             self.set_alias(name, PREVIOUS, champion, reason)
-        self._delete_alias(name, CHALLENGER, reason)
+        self.delete_alias(name, CHALLENGER, reason)
         return champion, challenger
 
     def rollback(self, name: str, reason: str, probe: Probe) -> tuple[str, str]:
@@ -297,10 +297,7 @@ class Registry:
     # -------------------------------------------------------------- internals
 
     def delete_alias(self, name: str, alias: str, reason: str) -> None:
-        """Take an alias off (a challenger rolled back); recorded in the history."""
-        self._delete_alias(name, alias, reason)
-
-    def _delete_alias(self, name: str, alias: str, reason: str) -> None:
+        """Take an alias off (promoted, or a challenger rolled back); recorded in the history."""
         before = self.alias_target(name, alias)
         if before is not None:
             self.client.delete_registered_model_alias(name, alias)
