@@ -81,7 +81,7 @@ def main() -> None:
     if args.probe_train > 0:
         import torch
 
-        from mlsys.tagger.model import load_pretrained
+        from mlsys.tagger.training.model import load_pretrained
 
         torch.set_num_threads(2)
         net = load_pretrained().eval()

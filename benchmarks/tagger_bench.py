@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from mlsys.tagger import metrics as M
-from mlsys.tagger.bench import bench_tagger, load_test_images
-from mlsys.tagger.evaluate import robustness
-from mlsys.tagger.inference import TaggerModel
-from mlsys.tagger.predict import batched_probabilities
+from mlsys.tagger.inference import TaggerModel, batched_probabilities
 from mlsys.tagger.schema import open_garments
-from mlsys.tagger.train import labelled_test
+from mlsys.tagger.training.bench import bench_tagger, load_test_images
+from mlsys.tagger.training.evaluate import robustness
+from mlsys.tagger.training.labels import labelled_test
 
 
 def robustness_check(data_dir: str, model_dir: str, limit: int) -> dict[str, dict[str, float]]:

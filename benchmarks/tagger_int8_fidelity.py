@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from mlsys.tagger import metrics as M
-from mlsys.tagger.export import quantize_int8
 from mlsys.tagger.inference import make_session
 from mlsys.tagger.preprocess import PreprocessConfig, load_batch
 from mlsys.tagger.schema import open_garments
-from mlsys.tagger.train import _onnx_probs, labelled, labelled_test, stratified_split
+from mlsys.tagger.training.export import onnx_probabilities, quantize_int8
+from mlsys.tagger.training.labels import labelled, labelled_test, stratified_split
 
 
 def main() -> None:
@@ -61,7 +61,7 @@ def main() -> None:
     unseen = images(y_train.uuids[n_calib : n_calib + args.images])
     test = images(y_test.uuids)
     fp32 = model_dir / meta["fp32_file"]
-    ref = _onnx_probs(fp32, unseen, 2)["category"]
+    ref = onnx_probabilities(fp32, unseen, 2)["category"]
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,9 +71,11 @@ def main() -> None:
                 fp32, Path(tmp) / f"int8_{n}.onnx", calib, float_convs=n
             )
         for name, path in forms.items():
-            p = _onnx_probs(path, unseen, 2)["category"]
+            p = onnx_probabilities(path, unseen, 2)["category"]
             kl = (ref * (np.log(ref + 1e-9) - np.log(p + 1e-9))).sum(1).mean()
-            top1 = M.topk_accuracy(_onnx_probs(path, test, 2)["category"], y_test.category, 1)
+            top1 = M.topk_accuracy(
+                onnx_probabilities(path, test, 2)["category"], y_test.category, 1
+            )
             changed = 1.0 - M.topk_accuracy(p, ref.argmax(1), 1)  # scored against fp32's top-1
             rows.append([name, top1, changed, float(kl), path.stat().st_size / 1e6])
         sessions = {name: make_session(path, threads=1) for name, path in forms.items()}

@@ -19,16 +19,10 @@ import time
 
 import torch
 
-from mlsys.tagger.model import build_tagger
 from mlsys.tagger.schema import COLORS, TAGS
-from mlsys.tagger.train import (
-    TrainConfig,
-    _nhwc,
-    _set_drop_path,
-    _set_mode,
-    _trainable,
-    train_step,
-)
+from mlsys.tagger.training.config import TrainConfig
+from mlsys.tagger.training.model import build_tagger
+from mlsys.tagger.training.train import _nhwc, _set_drop_path, _set_mode, _trainable, train_step
 
 
 def main() -> None:

@@ -34,8 +34,8 @@ BATCHES = (256, 512, 1024, 2048, 4096, 8192)
 def _setup(data: str, threads: int) -> tuple[Any, Any]:
     import torch
 
-    from mlsys.recommender.data import open_dataset
-    from mlsys.recommender.stream import FeatureTables
+    from mlsys.recommender.data.dataset import open_dataset
+    from mlsys.recommender.data.stream import FeatureTables
 
     torch.set_num_threads(threads)
     dataset = open_dataset(data)
@@ -45,9 +45,9 @@ def _setup(data: str, threads: int) -> tuple[Any, Any]:
 def worker_ours(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from mlsys.recommender.fastgrad import FactoredStep
     from mlsys.recommender.model import RankNet
-    from mlsys.recommender.train import TrainConfig, make_optimizer, run_epoch
+    from mlsys.recommender.training.fastgrad import FactoredStep
+    from mlsys.recommender.training.train import TrainConfig, make_optimizer, run_epoch
 
     dataset, tables = _setup(args.data, args.threads)
     config = TrainConfig(batch_size=args.batch, seed=0, threads=args.threads, limit_rows=args.rows)
@@ -68,8 +68,8 @@ def worker_autograd(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
+    from mlsys.recommender.data.stream import iter_chunks, prefetch
     from mlsys.recommender.model import RankNet
-    from mlsys.recommender.stream import iter_chunks, prefetch
 
     dataset, tables = _setup(args.data, args.threads)
     torch.manual_seed(0)
@@ -101,10 +101,10 @@ def worker_autograd(args: argparse.Namespace) -> dict[str, Any]:
 def worker_sweep(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from mlsys.recommender.evaluate import evaluate_model
-    from mlsys.recommender.fastgrad import FactoredStep
     from mlsys.recommender.model import RankNet
-    from mlsys.recommender.train import TrainConfig, make_optimizer, run_epoch
+    from mlsys.recommender.training.evaluate import evaluate_model
+    from mlsys.recommender.training.fastgrad import FactoredStep
+    from mlsys.recommender.training.train import TrainConfig, make_optimizer, run_epoch
 
     dataset, tables = _setup(args.data, args.threads)
     results = []
@@ -141,8 +141,8 @@ def worker_profile(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from mlsys.recommender.fastgrad import FactoredStep
     from mlsys.recommender.model import RankNet
+    from mlsys.recommender.training.fastgrad import FactoredStep
 
     torch.set_num_threads(args.threads)
     batch, steps = args.batch, 200

@@ -79,8 +79,8 @@ def _rank(rank: int, address: str, calls: int, queue: Any) -> None:
     import torch
     import torch.distributed as dist
 
-    from mlsys.recommender.distributed import GradientSync
     from mlsys.recommender.model import RankNet
+    from mlsys.recommender.training.distributed import GradientSync
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=address, rank=rank, world_size=2)

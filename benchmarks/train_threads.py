@@ -5,7 +5,7 @@
 Issue 14: with one of two cores busy, a 2-thread epoch ran 4.4x slower than a 1-thread one
 (OpenMP barriers wait for the descheduled thread). This runs, in one go and interleaved
 round by round so a slow spell hits every arm alike, `run_epoch` over `--rows` rows for each
-thread count in `--threads` (plus the default, `train.default_threads()`), once on a quiet
+thread count in `--threads` (plus the default, `threads.default_threads()`), once on a quiet
 machine and once beside a busy process (a spinning Python loop, standing in for Redis, the
 API or a load generator). Each arm is its own child process. It prints the medians over
 `--repeats` rounds, each arm's busy/quiet ratio, and writes OUT/train_threads.json.
@@ -28,11 +28,11 @@ def epoch_seconds(data: str, threads: int, rows: int) -> float:
     """One epoch of `rows` rows with the training loop `mlsys train` runs (child process)."""
     import torch
 
-    from mlsys.recommender.data import open_dataset
-    from mlsys.recommender.fastgrad import FactoredStep
+    from mlsys.recommender.data.dataset import open_dataset
+    from mlsys.recommender.data.stream import FeatureTables
     from mlsys.recommender.model import RankNet
-    from mlsys.recommender.stream import FeatureTables
-    from mlsys.recommender.train import TrainConfig, make_optimizer, run_epoch
+    from mlsys.recommender.training.fastgrad import FactoredStep
+    from mlsys.recommender.training.train import TrainConfig, make_optimizer, run_epoch
 
     torch.set_num_threads(threads)
     dataset = open_dataset(data)
@@ -75,7 +75,7 @@ def main() -> int:
         print(epoch_seconds(args.data, args.child, args.rows))
         return 0
 
-    from mlsys.recommender.train import default_threads
+    from mlsys.recommender.training.threads import default_threads
 
     counts = sorted({int(t) for t in args.threads.split(",")} | {default_threads()})
     times: dict[str, list[float]] = {}

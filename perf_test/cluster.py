@@ -31,7 +31,8 @@ from mlsys.compose.loadtest import load_requests, parse_url, run_once
 from mlsys.compose.stack import settle, start_api, stop_process, wait_ready
 from mlsys.platform.redis_client import close, connect, used_memory
 from mlsys.platform.redis_server import LocalCluster, RedisServer, free_port
-from mlsys.recommender.features import materialize, restaurant_key, user_key
+from mlsys.recommender.serving.materialize import materialize
+from mlsys.recommender.serving.online_store import restaurant_key, user_key
 
 SWEEP = (100, 200, 300, 400, 500, 600, 700)
 

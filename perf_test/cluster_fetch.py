@@ -26,7 +26,7 @@ import numpy as np
 
 from mlsys.platform.redis_client import close, connect
 from mlsys.platform.redis_server import LocalCluster, RedisServer
-from mlsys.recommender.features import (
+from mlsys.recommender.serving.online_store import (
     POINTER_KEY,
     RESTAURANT_BUCKETS,
     RESTAURANT_DTYPE,
@@ -42,7 +42,7 @@ RESTAURANTS, USERS, REQUESTS = 100_000, 1_000, 200
 
 def fill(client: Any) -> None:
     """Namespace f1 with random rows, written the way `materialize` writes them."""
-    from mlsys.recommender.features import _write
+    from mlsys.recommender.serving.materialize import _write
 
     rng = np.random.default_rng(0)
     users = np.zeros(USERS, USER_DTYPE)

@@ -46,12 +46,12 @@ def main() -> int:
     args = parser.parse_args()
 
     from mlsys.platform.online_stats import first_decision
-    from mlsys.recommender.data import open_dataset
-    from mlsys.recommender.experiment import N_OPT_BY_MODE
-    from mlsys.recommender.features import Rows
-    from mlsys.recommender.impressions import interleave
-    from mlsys.recommender.service import Query, load_model, rank
-    from mlsys.recommender.simulate import clicks, examination
+    from mlsys.recommender.data.dataset import open_dataset
+    from mlsys.recommender.online.experiment import N_OPT_BY_MODE
+    from mlsys.recommender.online.simulate import clicks, examination
+    from mlsys.recommender.ranking import Query, Rows, rank
+    from mlsys.recommender.serving.impressions import interleave
+    from mlsys.recommender.serving.served_model import load_model
 
     started = time.monotonic()
     ds = open_dataset(args.data)

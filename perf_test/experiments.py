@@ -88,8 +88,8 @@ def main() -> int:
     from mlsys.compose.loadtest import run_once
     from mlsys.compose.stack import running_stack, start_api, stop_process, wait_ready
     from mlsys.platform.rollout import RolloutStore
-    from mlsys.recommender.experiment import report
-    from mlsys.recommender.simulate import simulate
+    from mlsys.recommender.online.experiment_report import report
+    from mlsys.recommender.online.simulate import simulate
 
     with running_stack(
         args.data, "models:/ranknet@champion", work / "stack", workers=2, access_log=False,
@@ -117,7 +117,7 @@ def main() -> int:
                   flush=True)  # fmt: skip
             sim = simulate(stack.api_url, args.data, args.rate, duration, seed=seed)
             state = RolloutStore(client).experiment("ranknet")
-            rep = report(client, state, out / f"experiment-{mode}")
+            rep = report(client, state, out / f"experiment-{mode}").to_json()
             for name in ("report.md", "report.json", "ctr.png"):
                 shutil.copy(out / f"experiment-{mode}" / name, docs / f"{mode}-{name}")
             phases[mode] = {"simulated": sim, "report": rep, "applied_after_s": applied_s}

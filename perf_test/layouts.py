@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 
 from mlsys.platform.redis_client import connect
 from mlsys.platform.redis_server import RedisServer
-from mlsys.recommender.data import open_dataset
-from mlsys.recommender.features import RESTAURANT_DTYPE
+from mlsys.recommender.data.dataset import open_dataset
+from mlsys.recommender.serving.online_store import RESTAURANT_DTYPE
 
 
 def rows(data: Path) -> np.ndarray:

@@ -8,7 +8,7 @@ tagger's corruptions, a live detection through the real stack, and the cost to s
 Phases (`--phases`, all by default):
 
 - `false-alarms`: `--clean` answers of undrifted traffic replayed through the serving code
-  (`recommender/replay.py`), cut into windows of 500 and judged as `mlsys monitor drift`
+  (`recommender/online/replay.py`), cut into windows of 500 and judged as `mlsys monitor drift`
   judges them: the share of windows flagged (target <= 1 % over >= 200 windows); beside it
   what the same windows would give with each column calibrated alone;
 - `detection`: per kind and strength of `mlsys generate drift`, and per model (the task's
@@ -101,7 +101,7 @@ def main() -> int:
 
 
 def _judge(monitor: Any, impressions: list[Any], clicks: list[Any]) -> list[dict[str, Any]]:
-    from mlsys.recommender.monitor import WindowBuilder, scan
+    from mlsys.recommender.online.drift_monitor import WindowBuilder, scan
 
     builder = WindowBuilder(monitor.size)
     builder.add(impressions, clicks)
@@ -114,9 +114,9 @@ def _judge(monitor: Any, impressions: list[Any], clicks: list[Any]) -> list[dict
 
 def false_alarms(args: argparse.Namespace) -> dict[str, Any]:
     from mlsys.platform.drift import calibrate, column_drift
-    from mlsys.recommender.monitor import WINDOW, WindowBuilder
-    from mlsys.recommender.replay import load_world, replay
-    from mlsys.recommender.service import load_model
+    from mlsys.recommender.online.drift_monitor import WINDOW, WindowBuilder
+    from mlsys.recommender.online.replay import load_world, replay
+    from mlsys.recommender.serving.served_model import load_model
 
     print(f"1. false alarms: {args.clean} clean answers", flush=True)
     began = time.monotonic()
@@ -124,7 +124,7 @@ def false_alarms(args: argparse.Namespace) -> dict[str, Any]:
     impressions, clicks = replay([(load_world(args.data), args.clean)],
                                  load_model(args.champion).scorer, monitor.version)  # fmt: skip
     judged = _judge(monitor, impressions, clicks)
-    flagged = [w for w in judged if w["drifted"]]
+    flagged = [w for w in judged if w.drifted]
     # The same windows, each column at its own calibrated threshold (no family widening).
     alone = {k: calibrate(v, WINDOW) for k, v in monitor.inputs.columns.items()}
     builder = WindowBuilder(WINDOW)
@@ -144,7 +144,7 @@ def false_alarms(args: argparse.Namespace) -> dict[str, Any]:
             for w in flagged
         ],
         "flagged_if_each_column_alone": alone_flagged,
-        "outcome_windows_judged": sum(w["outcome_judged"] for w in judged),
+        "outcome_windows_judged": sum(w.outcome_judged for w in judged),
         "seconds": round(time.monotonic() - began, 1),
     }
     print(json.dumps({k: v for k, v in result.items() if k != "flagged_windows"}), flush=True)
@@ -155,7 +155,7 @@ _MONITORS: dict[str, Any] = {}
 
 
 def _monitor(model_dir: str) -> Any:
-    from mlsys.recommender.monitor import Monitor, load_reference
+    from mlsys.recommender.online.drift_monitor import Monitor, load_reference
 
     if model_dir not in _MONITORS:
         version = "ranknet/" + Path(model_dir).name
@@ -164,9 +164,9 @@ def _monitor(model_dir: str) -> Any:
 
 
 def detection(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    from mlsys.recommender.drift_scenarios import generate_drift, shifted_features
-    from mlsys.recommender.replay import load_world, replay
-    from mlsys.recommender.service import load_model
+    from mlsys.recommender.data.drift_scenarios import generate_drift, shifted_features
+    from mlsys.recommender.online.replay import load_world, replay
+    from mlsys.recommender.serving.served_model import load_model
 
     print("2. detection per kind, strength and model", flush=True)
     clean = load_world(args.data)
@@ -190,17 +190,17 @@ def detection(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                     impressions, clicks = replay([(clean, shift), (world, 2500)], scorer,
                                                  monitor.version, seed=k)  # fmt: skip
                     judged = _judge(monitor, impressions, clicks)
-                    after = [w for w in judged if int(w["last"].split("-")[0]) > shift]
-                    alarm = next((w for w in after if w["drifted"]), None)
-                    early = [w["index"] for w in judged if w["drifted"] and w not in after]
+                    after = [w for w in judged if int(w.last.split("-")[0]) > shift]
+                    alarm = next((w for w in after if w.drifted), None)
+                    early = [w.index for w in judged if w.drifted and w not in after]
                     if alarm is None:
                         delays.append(None)
                         continue
-                    delays.append(int(alarm["last"].split("-")[0]) - shift)
-                    named |= set(alarm["features"]) & expected
-                    extra |= set(alarm["features"]) - expected
-                    preds |= set(alarm["prediction_drift"])
-                    outcomes |= set(alarm["outcome_drift"])
+                    delays.append(int(alarm.last.split("-")[0]) - shift)
+                    named |= set(alarm.features) & expected
+                    extra |= set(alarm.features) - expected
+                    preds |= set(alarm.prediction_drift)
+                    outcomes |= set(alarm.outcome_drift)
                     if early:
                         extra.add(f"(alarm before the shift: windows {early})")
                 found = [d for d in delays if d is not None]
@@ -229,17 +229,13 @@ def tagger(args: argparse.Namespace) -> dict[str, Any]:
     re-encoded as JPEG at the photo's own quality (JPEG 30: at 30), as a phone would send it."""
     from PIL import Image
 
-    from mlsys.tagger.augment import CORRUPTIONS
+    from mlsys.tagger.data.photo_stats import jpeg_quality, tag_record
     from mlsys.tagger.inference import TaggerModel
-    from mlsys.tagger.monitor import (
-        REFERENCE_ROWS,
-        TagMonitor,
-        jpeg_quality,
-        load_reference,
-        tag_record,
-    )
+    from mlsys.tagger.online.drift_monitor import TagMonitor, load_reference
     from mlsys.tagger.preprocess import decode_image
     from mlsys.tagger.schema import open_garments
+    from mlsys.tagger.training.augment import CORRUPTIONS
+    from mlsys.tagger.training.reference import REFERENCE_ROWS
 
     print("3. tagger: clean test images and each corruption", flush=True)
     model = TaggerModel(args.tagger)
@@ -262,8 +258,8 @@ def tagger(args: argparse.Namespace) -> dict[str, Any]:
             records.append(tag_record(raw, img, model.describe(model.predict_images([img])),
                                       "tagger/1"))  # fmt: skip
         judged = [w for w, _ in calibrated.fresh().add(records)]
-        flagged = [w for w in judged if w["drifted"]]
-        columns = sorted({c for w in flagged for c in w["features"] + w["prediction_drift"]})
+        flagged = [w for w in judged if w.drifted]
+        columns = sorted({c for w in flagged for c in w.features + w.prediction_drift})
         out[name] = {"windows": len(judged), "flagged": len(flagged), "columns": columns,
                      "seconds": round(time.monotonic() - began, 1)}  # fmt: skip
         print(name, json.dumps(out[name]), flush=True)
@@ -278,8 +274,8 @@ def cli(*words: str, capture: bool = False) -> str:
 
 def live(args: argparse.Namespace, work: Path, docs: Path) -> dict[str, Any]:
     from mlsys.compose.stack import running_stack
-    from mlsys.recommender.drift_scenarios import generate_drift
-    from mlsys.recommender.simulate import simulate
+    from mlsys.recommender.data.drift_scenarios import generate_drift
+    from mlsys.recommender.online.simulate import simulate
 
     print("4. live: clean users, then the covariate world loaded into the running store",
           flush=True)  # fmt: skip

@@ -37,7 +37,7 @@ def burst(http: httpx.Client, label: str, n: int = 20) -> None:
 def main() -> None:
     from mlsys.compose.stack import running_stack
     from mlsys.platform.redis_client import connect
-    from mlsys.recommender.features import materialize
+    from mlsys.recommender.serving.materialize import materialize
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)

@@ -31,9 +31,10 @@ def breakdown(redis_url: str, model_dir: str, requests_path: Path, n: int) -> di
     import pyarrow.parquet as pq
 
     from mlsys.platform.redis_client import connect
-    from mlsys.recommender.api import parse_query
-    from mlsys.recommender.features import OnlineStore
-    from mlsys.recommender.service import load_model, rank
+    from mlsys.recommender.ranking import rank
+    from mlsys.recommender.serving.api_schemas import parse_query
+    from mlsys.recommender.serving.online_store import OnlineStore
+    from mlsys.recommender.serving.served_model import load_model
 
     model = load_model(model_dir)
     store = OnlineStore(connect(redis_url, timeout_s=1.0))

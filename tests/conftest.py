@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from mlsys.recommender.generate import generate_clicks
-from mlsys.tagger.generate import generate_garments
+from mlsys.recommender.data.generate import generate_clicks
+from mlsys.tagger.data.generate import generate_garments
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -47,7 +47,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def loaded_redis(redis_server: Any, tiny_data: Path) -> Any:
     """The tiny dataset materialized once; tests that mutate rows must restore them."""
     from mlsys.platform.redis_client import connect
-    from mlsys.recommender.features import materialize
+    from mlsys.recommender.serving.materialize import materialize
 
     client = connect(redis_server.url, timeout_s=5.0)
     materialize(tiny_data, client, progress=False)
@@ -60,7 +60,7 @@ def loaded_cluster(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) ->
     tests that mutate rows must restore them."""
     from mlsys.platform.redis_client import close, connect
     from mlsys.platform.redis_server import LocalCluster
-    from mlsys.recommender.features import materialize
+    from mlsys.recommender.serving.materialize import materialize
 
     with LocalCluster(tmp_path_factory.mktemp("cluster")) as cluster:
         client = connect(cluster.url, timeout_s=5.0)
@@ -148,7 +148,8 @@ def garments_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tagger_model(garments_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The QUICK config (64 px, 2 epochs): exercises cache -> fine-tune -> export -> INT8."""
-    from mlsys.tagger.train import QUICK, train_tagger
+    from mlsys.tagger.training.config import QUICK
+    from mlsys.tagger.training.train import train_tagger
 
     out = tmp_path_factory.mktemp("tagger") / "model"
     train_tagger(garments_tiny, out, replace(QUICK, seed=1), log=lambda s: None)

@@ -1,10 +1,10 @@
 """The `mlsys` command line.
 
 Commands are grouped by what a user does (`generate`, `train`, `evaluate`, ...) and then by
-what they act on (`clicks`, `ranknet`, `garments`, `tagger`). Each domain package owns a
-`commands.py` that adds its subcommands to these verbs, so a stage's CLI lives next to the
-stage. Handlers import their heavy dependencies (torch, pyarrow) lazily: `mlsys --help` must
-stay instant.
+what they act on (`clicks`, `ranknet`, `garments`, `tagger`). The argparse side of each group
+is a module of `compose/cli/` that adds its subcommands to these verbs; its handlers call typed
+functions of `compose/` and the domains. Handlers import their heavy dependencies (torch,
+pyarrow) lazily: `mlsys --help` must stay instant.
 """
 
 from __future__ import annotations
@@ -37,19 +37,19 @@ VERBS: dict[str, str] = {
     "monitor": "watch a model's live traffic for drift",
     "pipeline": "the retraining loop: drift -> data -> retrain -> gate -> shadow -> canary",
     "loadtest": "replay requests against a running API",
-    "demo": "run the main job end to end on a small dataset",
+    "demo": "tell the recommender's lifecycle end to end (full scale; --scale small: quick)",
 }
 
 # Each module exposes `add_commands(verbs: Verbs) -> None`.
 COMMAND_MODULES: tuple[str, ...] = (
-    "mlsys.recommender.commands",
-    "mlsys.tagger.commands",
-    "mlsys.compose.commands",
-    "mlsys.compose.models",
-    "mlsys.compose.experiments",
-    "mlsys.compose.monitoring",
-    "mlsys.compose.retrain",
-    "mlsys.compose.pipeline",
+    "mlsys.compose.cli.recommender",
+    "mlsys.compose.cli.tagger",
+    "mlsys.compose.cli.serving",
+    "mlsys.compose.cli.models",
+    "mlsys.compose.cli.experiments",
+    "mlsys.compose.cli.monitor",
+    "mlsys.compose.cli.retrain",
+    "mlsys.compose.cli.pipeline",
 )
 
 Handler = Callable[[argparse.Namespace], int | None]

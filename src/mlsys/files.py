@@ -16,7 +16,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,12 @@ from typing import Any
 from mlsys.errors import MlsysError
 
 VERSION_CHARS = 12
+
+# JSON is where values lose their types. What json.loads gives back (a manifest, model.json, a
+# report read again) is `JsonIn`: untyped until its reader checks the keys it uses. What we
+# write is `JsonOut`: any value json.dumps takes, from which nothing is read unchecked.
+JsonIn = dict[str, Any]
+JsonOut = Mapping[str, object]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -61,7 +67,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
+def atomic_write_json(path: Path, payload: JsonOut) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 

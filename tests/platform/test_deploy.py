@@ -63,8 +63,8 @@ def _exported_metric_names() -> set[str]:
     """Every series name the API and `mlsys monitor run` can export."""
     from prometheus_client import REGISTRY, CollectorRegistry
 
-    import mlsys.platform.monitoring  # noqa: F401  (registers the API's metrics)
-    from mlsys.compose.monitoring import Watcher
+    import mlsys.platform.metrics  # noqa: F401  (registers the API's metrics)
+    from mlsys.compose.drift_watch import Watcher
 
     monitor = CollectorRegistry()
     Watcher("m", 100, 0.0, None, monitor)
@@ -221,7 +221,7 @@ def test_the_config_map_sets_settings_that_mlsys_reads() -> None:
     """Every MLSYS_ variable the ConfigMap sets is a Settings field, and `mlsys serve` takes
     those without a flag from the environment."""
     from mlsys.cli import build_parser
-    from mlsys.compose.commands import serve_settings
+    from mlsys.compose.cli.serving import serve_settings
     from mlsys.platform.settings import PREFIX, Settings
 
     config = next(d for d in _manifests() if d["kind"] == "ConfigMap")["data"]

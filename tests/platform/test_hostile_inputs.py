@@ -57,7 +57,7 @@ def api(
     tagger_model: Path,
 ) -> Iterator[Api]:
     from mlsys.platform.redis_client import connect
-    from mlsys.recommender.features import materialize
+    from mlsys.recommender.serving.materialize import materialize
 
     work = tmp_path_factory.mktemp("hostile")
     redis = RedisServer(workdir=work / "redis").start()

@@ -31,7 +31,7 @@ def app(
     tmp_path_factory: pytest.TempPathFactory, tiny_data: Path, model_dir: Path, tagger_model: Path
 ) -> Iterator[Any]:
     from mlsys.platform.redis_client import connect
-    from mlsys.recommender.features import materialize
+    from mlsys.recommender.serving.materialize import materialize
 
     redis = RedisServer(workdir=tmp_path_factory.mktemp("openapi-redis")).start()
     try:
@@ -46,7 +46,7 @@ def app(
 
 
 def test_the_document_covers_every_route_with_the_validating_models(app: Any) -> None:
-    from mlsys.recommender.api import RecommendRequest
+    from mlsys.recommender.serving.api_schemas import RecommendRequest
 
     with TestClient(app) as client:
         spec = client.get("/openapi.json").json()

@@ -54,7 +54,7 @@ def test_training_is_tracked_with_config_epochs_metrics_artifacts_and_versions(
     ranknets: list[Path], tiny_data: Path
 ) -> None:
     from mlsys.platform.tracking import client
-    from mlsys.recommender.data import open_dataset
+    from mlsys.recommender.data.dataset import open_dataset
 
     mlflow = client()
     experiment = mlflow.get_experiment_by_name("ranknet")
@@ -203,7 +203,7 @@ def test_help_and_the_serving_modules_do_not_import_mlflow() -> None:
         "from mlsys.cli import main\n"
         "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "    main(['--help'])\n"
-        "import mlsys.compose.app, mlsys.recommender.api, mlsys.tagger.api\n"
+        "import mlsys.compose.app, mlsys.recommender.serving.api, mlsys.tagger.serving.api\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from mlsys.platform.rollout import (
-    CHALLENGER,
+    Arm,
     RolloutError,
     RolloutFollower,
     RolloutState,
@@ -40,19 +40,19 @@ def test_a_bucket_is_the_same_in_every_process() -> None:
 @pytest.mark.parametrize("percent", [5.0, 50.0])
 def test_the_split_matches_the_percentage(percent: float) -> None:
     arms = Counter(assign(_state(percent), u) for u in range(40_000))
-    share = arms[CHALLENGER] / 40_000
+    share = arms[Arm.CHALLENGER] / 40_000
     assert abs(share - percent / 100) < 4 * (percent / 100 * (1 - percent / 100) / 40_000) ** 0.5
 
 
 def test_a_ramp_keeps_every_challenger_user_on_the_challenger() -> None:
-    at5 = {u for u in range(20_000) if assign(_state(5), u) == CHALLENGER}
-    at20 = {u for u in range(20_000) if assign(_state(20), u) == CHALLENGER}
+    at5 = {u for u in range(20_000) if assign(_state(5), u) == Arm.CHALLENGER}
+    at20 = {u for u in range(20_000) if assign(_state(20), u) == Arm.CHALLENGER}
     assert at5 < at20
 
 
 def test_a_new_experiment_reshuffles_users() -> None:
-    a = {u for u in range(20_000) if assign(_state(50, "exp-1"), u) == CHALLENGER}
-    b = {u for u in range(20_000) if assign(_state(50, "exp-2"), u) == CHALLENGER}
+    a = {u for u in range(20_000) if assign(_state(50, "exp-1"), u) == Arm.CHALLENGER}
+    b = {u for u in range(20_000) if assign(_state(50, "exp-2"), u) == Arm.CHALLENGER}
     overlap = len(a & b) / len(a)
     assert 0.45 < overlap < 0.55  # independent: about half of one arm is in the other
 

@@ -22,8 +22,8 @@ from mlsys.compose.app import build_app
 from mlsys.platform.redis_client import connect
 from mlsys.platform.redis_server import RedisServer, free_port
 from mlsys.platform.settings import Settings
-from mlsys.recommender import features as F
-from mlsys.recommender.data import open_dataset
+from mlsys.recommender.data.dataset import open_dataset
+from mlsys.recommender.serving import materialize as M
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-token"
@@ -244,7 +244,7 @@ def test_request_id_is_echoed_and_logged(client: TestClient) -> None:
     import io
     import logging
 
-    from mlsys.platform.monitoring import JsonFormatter
+    from mlsys.platform.metrics import JsonFormatter
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -266,7 +266,7 @@ def test_redis_outage_is_fast_503_then_recovers(
 ) -> None:
     server = RedisServer(port=free_port(), workdir=tmp_path / "redis").start()
     try:
-        F.materialize(tiny_data, connect(server.url, timeout_s=5), progress=False)
+        M.materialize(tiny_data, connect(server.url, timeout_s=5), progress=False)
         settings = Settings(model_dir=str(model_dir), redis_url=server.url)
         with TestClient(build_app(settings)) as c:
             assert c.post("/recommend/1", json=body([1, 2])).status_code == 200
@@ -293,7 +293,7 @@ def test_redis_outage_is_fast_503_then_recovers(
             assert hung < 0.5 and gone < 0.5, (hung, gone)
 
             server.start()  # same port, data gone: reload, then the same app serves again
-            F.materialize(tiny_data, connect(server.url, timeout_s=5), progress=False)
+            M.materialize(tiny_data, connect(server.url, timeout_s=5), progress=False)
             assert c.post("/recommend/1", json=body([1, 2])).status_code == 200
             assert c.get("/readyz").status_code == 200
     finally:
@@ -344,7 +344,7 @@ def test_api_started_before_redis_serves_once_redis_answers(
         assert c.post("/recommend/1", json=body([1, 2])).status_code == 503
         try:
             server.start()
-            F.materialize(tiny_data, connect(server.url, timeout_s=5), progress=False)
+            M.materialize(tiny_data, connect(server.url, timeout_s=5), progress=False)
             assert c.post("/recommend/1", json=body([1, 2])).status_code == 200
         finally:
             server.stop()

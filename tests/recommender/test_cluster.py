@@ -20,7 +20,7 @@ from mlsys.errors import MlsysError
 from mlsys.platform.redis_client import close, connect
 from mlsys.platform.redis_server import LocalCluster, RedisServer
 from mlsys.platform.settings import Settings
-from mlsys.recommender.features import materialize
+from mlsys.recommender.serving.materialize import materialize
 
 pytestmark = pytest.mark.integration
 
@@ -143,8 +143,8 @@ def test_reads_follow_a_slot_that_moves(tmp_path: Path, tiny_data: Path) -> None
     import numpy as np
 
     from mlsys.platform.redis_client import key_slot
-    from mlsys.recommender.data import open_dataset
-    from mlsys.recommender.features import RESTAURANT_BUCKETS, OnlineStore
+    from mlsys.recommender.data.dataset import open_dataset
+    from mlsys.recommender.serving.online_store import RESTAURANT_BUCKETS, OnlineStore
 
     with LocalCluster(tmp_path / "cluster") as cluster:
         load(cluster, tiny_data)

@@ -14,7 +14,7 @@ import pytest
 
 from mlsys.cli import main
 from mlsys.errors import DatasetError
-from mlsys.recommender.data import open_dataset
+from mlsys.recommender.data.dataset import open_dataset
 
 
 @pytest.fixture
@@ -162,7 +162,7 @@ def test_cli_validate_reports_a_good_dataset(
 
 
 def test_report_writes_markdown_and_plots(tiny_data: Path, tmp_path: Path) -> None:
-    from mlsys.recommender.report import write_data_report
+    from mlsys.recommender.data.report import write_data_report
 
     path = write_data_report(open_dataset(tiny_data), tmp_path / "report", sample_rows=20_000)
     text = path.read_text()
@@ -215,7 +215,7 @@ def test_values_the_stored_type_cannot_hold_stop_load_and_training_with_one_line
 
     # the feature load reads through the same check, before it writes to Redis
     from mlsys.platform.redis_client import connect
-    from mlsys.recommender.features import SEQ_KEY
+    from mlsys.recommender.serving.online_store import SEQ_KEY
 
     client = connect(redis_server.url, timeout_s=5)
     seq = client.get(SEQ_KEY)

@@ -11,7 +11,7 @@ import torch
 
 from mlsys.cli import main
 from mlsys.recommender.artifact import load_ranknet
-from mlsys.recommender.distributed import Ranks, shard
+from mlsys.recommender.training.distributed import Ranks, shard
 
 ARGS = ["--lr", "1e-3", "--limit-rows", "8000", "--no-shuffle", "--no-track", "--no-progress",
         "--no-eval", "--threads", "1"]  # fmt: skip

@@ -10,10 +10,10 @@ import pytest
 import torch
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from mlsys.recommender.data import open_dataset
-from mlsys.recommender.evaluate import evaluate, evaluate_model, roc_auc
+from mlsys.recommender.data.dataset import open_dataset
+from mlsys.recommender.data.stream import FeatureTables
 from mlsys.recommender.model import RankNet
-from mlsys.recommender.stream import FeatureTables
+from mlsys.recommender.training.evaluate import evaluate, evaluate_model, roc_auc
 
 
 def test_roc_auc_matches_sklearn_with_ties() -> None:

@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 
 from mlsys.platform.rollout import Guardrails, RolloutState, assign
-from mlsys.recommender.experiment import analyse, markdown
+from mlsys.recommender.online.experiment import analyse
+from mlsys.recommender.online.experiment_report import markdown
+from mlsys.recommender.online.experiment_results import Decision
 
 
 def _log(
@@ -39,25 +41,28 @@ def test_a_real_lift_is_found_and_the_split_is_clean() -> None:
     state = RolloutState("m", "ab", "challenger", 50.0, "exp-ab", 0.0)
     impressions, clicks = _log(state, 8000, {"champion": 6.3, "challenger": 6.66})
     r = analyse(state, impressions, clicks, [], {})
-    assert r["decision"] == "challenger better"
-    assert r["lift"]["low"] > 0 and abs(r["lift"]["estimate"] - 0.36) < 0.15
-    assert r["srm_p"] > 0.001 and r["users_in_both_arms"] == 0
-    assert r["requests_to_decide"] is not None and r["requests_to_decide"] <= 8000
-    assert "challenger better" in markdown({k: v for k, v in r.items() if k != "_series"})
+    assert r.decision is Decision.CHALLENGER_BETTER and r.split is not None
+    assert r.split.lift.low > 0 and abs(r.split.lift.estimate - 0.36) < 0.15
+    assert r.srm_p is not None and r.srm_p > 0.001 and r.split.users_in_both_arms == 0
+    assert r.requests_to_decide is not None and r.requests_to_decide <= 8000
+    assert "challenger better" in markdown(r)
+    assert r.to_json()["decision"] == "challenger better"
 
 
 def test_no_lift_stays_undecided() -> None:
     state = RolloutState("m", "ab", "challenger", 50.0, "exp-aa", 0.0)
     impressions, clicks = _log(state, 8000, {"champion": 6.3, "challenger": 6.3}, seed=3)
     r = analyse(state, impressions, clicks, [], {})
-    assert r["decision"] == "undecided" and r["lift"]["low"] < 0 < r["lift"]["high"]
+    assert r.decision is Decision.UNDECIDED and r.split is not None
+    assert r.split.lift.low < 0 < r.split.lift.high
 
 
 def test_a_lossy_arm_is_a_sample_ratio_mismatch_whatever_its_ctr() -> None:
     state = RolloutState("m", "ab", "challenger", 50.0, "exp-srm", 0.0)
     impressions, clicks = _log(state, 8000, {"champion": 6.3, "challenger": 6.66}, skew=0.1)
     r = analyse(state, impressions, clicks, [], {})
-    assert r["srm_p"] < 0.001 and r["decision"] == "check logging: sample ratio mismatch"
+    assert r.srm_p is not None and r.srm_p < 0.001
+    assert r.decision is Decision.SAMPLE_RATIO_MISMATCH and r.decision.stops
 
 
 def test_a_slow_canary_fails_its_latency_guardrail() -> None:
@@ -65,9 +70,10 @@ def test_a_slow_canary_fails_its_latency_guardrail() -> None:
                          guardrails=Guardrails(p95_ms=5.0, error_rate=0.01))  # fmt: skip
     impressions, clicks = _log(state, 4000, {"champion": 6.3, "challenger": 6.3}, slow_ms=20)
     r = analyse(state, impressions, clicks, [], {"challenger": 0})
-    assert r["guardrails"]["p95_ms"]["ok"] is False and r["decision"] == "stop: guardrail"
+    assert r.split is not None and r.split.guardrails["p95_ms"].ok is False
+    assert r.decision is Decision.GUARDRAIL and r.decision.stops
     failing = analyse(state, impressions, clicks, [], {"challenger": 200})
-    assert failing["guardrails"]["error_rate"]["ok"] is False
+    assert failing.split is not None and failing.split.guardrails["error_rate"].ok is False
 
 
 def test_interleaving_preference_counts_credited_clicks() -> None:
@@ -84,9 +90,11 @@ def test_interleaving_preference_counts_credited_clicks() -> None:
                 rng.poisson(rate)
             )
     r = analyse(state, impressions, clicks, [], {})
-    p = r["preference"]
-    assert p["challenger_wins"] + p["champion_wins"] + p["ties"] == 300
-    assert p["challenger_wins"] > p["champion_wins"] and r["arms"]["challenger"]["clicks"] > 0
-    assert r["decision"] in ("challenger better", "undecided")
-    text = markdown({k: v for k, v in r.items() if not k.startswith("_")})
-    assert f"Preference {p['estimate']:+.3f}" in text and "{" not in text
+    assert r.interleaving is not None
+    p = r.interleaving.preference
+    assert p.challenger_wins + p.champion_wins + p.ties == 300
+    assert p.challenger_wins > p.champion_wins and r.interleaving.challenger.clicks > 0
+    assert r.decision in (Decision.CHALLENGER_BETTER, Decision.UNDECIDED)
+    text = markdown(r)
+    assert f"Preference {p.interval.estimate:+.3f}" in text and "{" not in text
+    assert r.to_json()["preference"]["challenger_wins"] == p.challenger_wins  # type: ignore[index]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlsys.recommender.fastgrad import FactoredStep
 from mlsys.recommender.model import RankNet
+from mlsys.recommender.training.fastgrad import FactoredStep
 
 
 def _batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

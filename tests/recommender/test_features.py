@@ -14,8 +14,10 @@ import pytest
 from mlsys.cli import main
 from mlsys.platform.redis_client import connect, is_cluster
 from mlsys.platform.redis_server import LocalCluster, RedisServer
-from mlsys.recommender import features as F
-from mlsys.recommender.data import open_dataset
+from mlsys.recommender.data.dataset import open_dataset
+from mlsys.recommender.serving import entity_updates as U
+from mlsys.recommender.serving import materialize as M
+from mlsys.recommender.serving import online_store as F
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +46,7 @@ def test_materialize_round_trips_rows_and_writes_meta(
     fresh_redis: RedisServer, tiny_data: Path
 ) -> None:
     client = connect(fresh_redis.url, timeout_s=5)
-    meta = F.materialize(tiny_data, client, progress=False)
+    meta = M.materialize(tiny_data, client, progress=False)
     ds = open_dataset(tiny_data)
     assert F.current_namespace(client) == meta["namespace"] == "f1"
     stored = F.read_meta(client)
@@ -67,12 +69,12 @@ def test_reload_switches_pointer_and_prunes_old_namespace(
     fresh_redis: RedisServer, tiny_data: Path
 ) -> None:
     client = connect(fresh_redis.url, timeout_s=5)
-    F.materialize(tiny_data, client, progress=False)
+    M.materialize(tiny_data, client, progress=False)
     store = F.OnlineStore(client)
-    F.set_user(client, 3, [9.0] * 30)  # an update in f1 that a reload replaces
+    U.set_user(client, 3, [9.0] * 30)  # an update in f1 that a reload replaces
     assert store.fetch(3, [1]).namespace == "f1"
 
-    meta = F.materialize(tiny_data, client, progress=False)
+    meta = M.materialize(tiny_data, client, progress=False)
     assert meta["namespace"] == "f2" and meta["pruned"] == ["f1"]
     assert not list(client.scan_iter(match="f1:*"))
     rows = store.fetch(3, [1])  # the store cached f1: it must follow the pointer
@@ -84,13 +86,13 @@ def test_half_written_namespace_is_pruned_by_next_load(
     fresh_redis: RedisServer, tiny_data: Path
 ) -> None:
     client = connect(fresh_redis.url, timeout_s=5)
-    F.materialize(tiny_data, client, progress=False)
+    M.materialize(tiny_data, client, progress=False)
     # simulate a loader that died mid-way: registered, some keys written, pointer untouched
     client.incr(F.SEQ_KEY)
     client.rpush(F.NAMESPACES_KEY, "f2")
     client.set("f2:u:0", b"x" * 120)
     assert F.current_namespace(client) == "f1"
-    meta = F.materialize(tiny_data, client, progress=False)
+    meta = M.materialize(tiny_data, client, progress=False)
     assert meta["namespace"] == "f3" and sorted(meta["pruned"]) == ["f1", "f2"]
     assert [n for n in F.iter_namespaces(client)] == ["f3"]
 
@@ -98,38 +100,38 @@ def test_half_written_namespace_is_pruned_by_next_load(
 def test_single_entity_updates(fresh_redis: RedisServer, tiny_data: Path) -> None:
     client = connect(fresh_redis.url, timeout_s=5)
     with pytest.raises(F.FeatureStoreError, match="empty"):
-        F.set_user(client, 1, [0.0] * 30)
-    F.materialize(tiny_data, client, progress=False)
+        U.set_user(client, 1, [0.0] * 30)
+    M.materialize(tiny_data, client, progress=False)
     store = F.OnlineStore(client)
-    F.set_user(client, 1, np.arange(30.0).tolist())
+    U.set_user(client, 1, np.arange(30.0).tolist())
     np.testing.assert_array_equal(store.fetch(1, []).user, np.arange(30.0, dtype=np.float32))
 
     before = store.fetch(1, [4])
-    F.set_restaurant(client, 4, latitude=13.9)
+    U.set_restaurant(client, 4, latitude=13.9)
     after = store.fetch(1, [4])
     assert after.latitude[0] == 13.9 and after.longitude[0] == before.longitude[0]
     np.testing.assert_array_equal(after.features, before.features)
 
-    with pytest.raises(F.InvalidFeatures) as err:
-        F.set_user(client, 1, [0.0] * 29)
+    with pytest.raises(U.InvalidFeatures) as err:
+        U.set_user(client, 1, [0.0] * 29)
     assert err.value.field == "features"
-    with pytest.raises(F.InvalidFeatures) as err:
-        F.set_restaurant(client, 4, latitude=91)
+    with pytest.raises(U.InvalidFeatures) as err:
+        U.set_restaurant(client, 4, latitude=91)
     assert err.value.field == "latitude"
     # An unknown id is an error unless creation is asked for, and then it needs every part.
-    with pytest.raises(F.UnknownEntity) as unknown:
-        F.set_restaurant(client, 10**6, [0.5] * 10, 13.0, 100.5)
+    with pytest.raises(U.UnknownEntity) as unknown:
+        U.set_restaurant(client, 10**6, [0.5] * 10, 13.0, 100.5)
     assert unknown.value.field == "restaurant_id"
-    with pytest.raises(F.UnknownEntity):
-        F.set_user(client, 10**7, [0.0] * 30)
+    with pytest.raises(U.UnknownEntity):
+        U.set_user(client, 10**7, [0.0] * 30)
     assert store.fetch(10**7, []).user is None
-    with pytest.raises(F.InvalidFeatures) as err:
-        F.set_restaurant(client, 10**6, latitude=13.0, create=True)  # nothing to keep
+    with pytest.raises(U.InvalidFeatures) as err:
+        U.set_restaurant(client, 10**6, latitude=13.0, create=True)  # nothing to keep
     assert err.value.field == "restaurant_id"
-    F.set_restaurant(client, 10**6, [0.5] * 10, 13.0, 100.5, create=True)
+    U.set_restaurant(client, 10**6, [0.5] * 10, 13.0, 100.5, create=True)
     rows = store.fetch(1, [10**6, 10**7])
     assert rows.unknown == 1 and rows.positions.tolist() == [0]
-    F.set_user(client, 10**7, [0.0] * 30, create=True)
+    U.set_user(client, 10**7, [0.0] * 30, create=True)
     assert store.fetch(10**7, []).user is not None
 
 
@@ -148,8 +150,8 @@ def test_updates_refuse_values_the_stored_type_cannot_hold(
 ) -> None:
     client = connect(loaded_redis.url, timeout_s=5)
     before = F.OnlineStore(client).fetch(0, [10])
-    with pytest.raises(F.InvalidFeatures) as err:
-        F.set_restaurant(client, 10, **kwargs)
+    with pytest.raises(U.InvalidFeatures) as err:
+        U.set_restaurant(client, 10, **kwargs)
     assert err.value.field == field
     after = F.OnlineStore(client).fetch(0, [10])
     np.testing.assert_array_equal(after.features, before.features)  # nothing written
@@ -185,7 +187,7 @@ def test_cli_reports_unreachable_redis(capsys: Any, tiny_data: Path) -> None:
 @pytest.fixture(scope="module")
 def other_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny dataset's ids with other values (seed 8): every row tells which load it is."""
-    from mlsys.recommender.generate import generate_clicks
+    from mlsys.recommender.data.generate import generate_clicks
 
     out = tmp_path_factory.mktemp("clicks") / "tiny-seed8"
     generate_clicks(out, scale="tiny", seed=8, progress=False)
@@ -196,7 +198,7 @@ def test_readers_never_mix_two_loads(fresh_redis: Any, tiny_data: Path, other_ti
     """Reloads alternate between two datasets while a reader fetches: each answer is all one
     load, never a mix and never a row lost to the old namespace's deletion."""
     client = connect(fresh_redis.url, timeout_s=5)
-    F.materialize(tiny_data, client, progress=False)
+    M.materialize(tiny_data, client, progress=False)
     loads = [open_dataset(d) for d in (tiny_data, other_tiny)]
     tables = [(ds.user_features(), ds.restaurant_features()) for ds in loads]
     stop = threading.Event()
@@ -226,7 +228,7 @@ def test_readers_never_mix_two_loads(fresh_redis: Any, tiny_data: Path, other_ti
     reader.start()
     try:
         for i in range(6):
-            F.materialize([other_tiny, tiny_data][i % 2], client, progress=False)
+            M.materialize([other_tiny, tiny_data][i % 2], client, progress=False)
     finally:
         stop.set()
         reader.join()
@@ -243,7 +245,7 @@ def test_cluster_read_that_meets_a_pruned_namespace_reads_again(
     unknown entities. (The reload is forced into that gap; the reads are real.)"""
     with LocalCluster(tmp_path / "cluster") as cluster:
         client = connect(cluster.url, timeout_s=5)
-        F.materialize(tiny_data, client, progress=False)
+        M.materialize(tiny_data, client, progress=False)
         store = F.OnlineStore(client)
         assert store.fetch(7, [1, 2]).namespace == "f1"
         real = F.on_nodes
@@ -253,7 +255,7 @@ def test_cluster_read_that_meets_a_pruned_namespace_reads_again(
             calls.append(1)
             if len(calls) > 1:
                 return real(c, groups)
-            F.materialize(other_tiny, client, progress=False)  # switch to f2, delete f1
+            M.materialize(other_tiny, client, progress=False)  # switch to f2, delete f1
             replies = real(c, groups)
             replies[0] = b"f1"  # the pointer as read before the switch
             return replies

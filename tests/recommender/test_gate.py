@@ -13,9 +13,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlsys.recommender.gate import Holdout, evaluate_pair, judge, metrics, ndcg_at
-from mlsys.recommender.impressions import schemas
-from mlsys.recommender.log_data import build
+from mlsys.recommender.online.log_data import build
+from mlsys.recommender.serving.impressions import schemas
+from mlsys.recommender.training.gate import (
+    GateDecision,
+    Holdout,
+    Judgement,
+    evaluate_pair,
+    judge,
+    metrics,
+    ndcg_at,
+)
 
 BASE = {"roc_auc": 0.70, "log_loss": 0.40, "ece": 0.02, "ndcg_at_10": 0.50}
 
@@ -25,7 +33,9 @@ def test_judge_blesses_only_past_every_tolerance() -> None:
     same = judge(BASE, {**BASE, "roc_auc": 0.701})
     assert not same.passed and "no metric better" in same.reasons[-1]
     mixed = judge(BASE, {**BASE, "roc_auc": 0.75, "ece": 0.05})
-    assert not mixed.passed
+    assert not mixed.passed and mixed.decision() is GateDecision.REFUSED
+    ece = next(c for c in mixed.comparisons if c.metric == "ece")
+    assert ece.judgement is Judgement.WORSE and mixed.count(Judgement.BETTER) == 1
     assert any(r.startswith("ece: 0.0200 -> 0.0500 (worse beyond") for r in mixed.reasons)
     assert mixed.tags()["mlsys.gate.verdict"] == "refused"
     assert mixed.tags(forced=True)["mlsys.gate.verdict"] == "forced"
@@ -48,9 +58,9 @@ def _logged_world(tiny: Path, champion: Path, out: Path, answers: int = 1500) ->
     import torch
 
     from mlsys.recommender.artifact import load_ranknet
-    from mlsys.recommender.data import open_dataset
-    from mlsys.recommender.simulate import clicks, population_of
-    from mlsys.recommender.stream import FeatureTables
+    from mlsys.recommender.data.dataset import open_dataset
+    from mlsys.recommender.data.stream import FeatureTables
+    from mlsys.recommender.online.simulate import clicks, population_of
 
     ds = open_dataset(tiny)
     population = population_of(ds, ds.request_rows())
@@ -84,7 +94,7 @@ def _logged_world(tiny: Path, champion: Path, out: Path, answers: int = 1500) ->
 def world(
     tiny_data: Path, tmp_path_factory: pytest.TempPathFactory, make_ranknet: Any
 ) -> dict[str, Path]:
-    from mlsys.recommender.train import TrainConfig, train
+    from mlsys.recommender.training.train import TrainConfig, train
 
     work = tmp_path_factory.mktemp("gate")
     champion = make_ranknet(work / "champion", seed=5)

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlsys.errors import MlsysError
-from mlsys.recommender import generate
-from mlsys.recommender.data import open_dataset
-from mlsys.recommender.generate import SCALES, draw_clicks, generate_clicks
+from mlsys.recommender.data import generate
+from mlsys.recommender.data.dataset import open_dataset
+from mlsys.recommender.data.generate import SCALES, draw_clicks, generate_clicks
 
 # Sums over the kit's seed-7 tables, read off the kit's own output (see shared/reference).
 KIT_USER_FEATURE_SUM = -1244509.9779565763

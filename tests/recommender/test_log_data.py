@@ -14,9 +14,9 @@ import pytest
 
 from mlsys.cli import main
 from mlsys.errors import MlsysError
-from mlsys.recommender.data import open_dataset
-from mlsys.recommender.impressions import schemas
-from mlsys.recommender.log_data import build
+from mlsys.recommender.data.dataset import open_dataset
+from mlsys.recommender.online.log_data import build
+from mlsys.recommender.serving.impressions import schemas
 
 MIN = 60_000  # ms
 

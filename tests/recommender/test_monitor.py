@@ -13,10 +13,10 @@ import redis
 
 from mlsys.cli import main
 from mlsys.platform.event_log import stream_key
-from mlsys.recommender.drift_scenarios import KINDS, shifted_features
-from mlsys.recommender.monitor import Monitor, WindowBuilder, load_reference, scan
-from mlsys.recommender.replay import World, load_world, replay
-from mlsys.recommender.service import load_model
+from mlsys.recommender.data.drift_scenarios import KINDS, shifted_features
+from mlsys.recommender.online.drift_monitor import Monitor, WindowBuilder, load_reference, scan
+from mlsys.recommender.online.replay import World, load_world, replay
+from mlsys.recommender.serving.served_model import load_model
 
 WINDOW = 100
 LABEL = "ranknet-monitor/1"
@@ -52,7 +52,7 @@ def _judge(monitor: Monitor, trained: Path, segments: list[tuple[World, int]]) -
 def test_undrifted_traffic_rarely_alarms(trained: Path, clean: World, calibrated: Monitor) -> None:
     judged = _judge(calibrated, trained, [(clean, 8000)])
     assert len(judged) >= 70
-    assert sum(w["drifted"] for w in judged) <= 1
+    assert sum(w.drifted for w in judged) <= 1
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -63,16 +63,16 @@ def test_every_kind_of_drift_is_caught_within_two_windows_naming_what_moved(
     assert main(["generate", "drift", str(tiny_data), str(world), "--kind", kind]) == 0
     judged = _judge(calibrated, trained, [(clean, 1500), (load_world(world), 400)])
     shift = 1500 * len(judged) // 1900  # the window the shift falls in (sampled rows ~ answers)
-    before = [w for w in judged if w["index"] < shift - 1]
-    assert not any(w["drifted"] for w in before)
-    alarm = next(w for w in judged if w["drifted"])
-    assert alarm["index"] <= shift + 2
+    before = [w for w in judged if w.index < shift - 1]
+    assert not any(w.drifted for w in before)
+    alarm = next(w for w in judged if w.drifted)
+    assert alarm.index <= shift + 2
     expected = set(shifted_features(kind))
-    assert not alarm["dataset_drift"]  # Evidently's half-the-columns rule misses every kind
+    assert not alarm.dataset_drift  # Evidently's half-the-columns rule misses every kind
     if expected:  # covariate, new restaurants: named, and nothing else
-        assert alarm["features"] and set(alarm["features"]) <= expected
+        assert alarm.features and set(alarm.features) <= expected
     else:  # concept, prior: no input moved; the outcome shows it
-        assert not alarm["features"] and alarm["outcome_drift"]
+        assert not alarm.features and alarm.outcome_drift
 
 
 def _logged(url: str, trained: Path, clean: World, answers: int) -> Any:

@@ -21,7 +21,8 @@ import pytest
 
 from mlsys.cli import main
 from mlsys.compose.lifecycle import Traffic
-from mlsys.compose.pipeline import Pipeline, PipelineConfig, read_json
+from mlsys.compose.pipeline import Pipeline
+from mlsys.compose.pipeline_state import Outcome, PipelineConfig, PipelineState, Step, StepStatus
 from mlsys.platform.redis_client import connect_node
 from mlsys.platform.registry import Registry
 
@@ -68,32 +69,34 @@ def _config(loop: Loop, name: str, **changes: Any) -> PipelineConfig:
     return replace(base, **changes)
 
 
-def _run(loop: Loop, config: PipelineConfig, tiny_data: Path) -> tuple[str, dict[str, Any]]:
+def _run(loop: Loop, config: PipelineConfig, tiny_data: Path) -> tuple[Outcome, PipelineState]:
     config = replace(config, features=str(tiny_data))
     outcome = Pipeline(config, connect_node(loop.log_url, timeout_s=10), say=print).run()
-    state = read_json(Path(config.workdir) / "pipeline.json")
-    assert state is not None
+    state = PipelineState.read(Path(config.workdir))
+    assert state is not None and state.outcome is outcome
     return outcome, state
 
 
 def test_the_gate_stops_a_candidate_that_learned_nothing(loop: Loop, tiny_data: Path) -> None:
     outcome, state = _run(loop, _config(loop, "refused", lr=1e-9, epochs=1), tiny_data)
-    assert outcome == "refused"
-    assert state["steps"]["retrain"]["status"] == "refused"
+    assert outcome is Outcome.REFUSED
+    assert state.steps[Step.RETRAIN].status is StepStatus.REFUSED
     assert Registry().alias_target(NAME, "challenger") is None
-    assert "shadow" not in state["steps"]
+    assert Step.SHADOW not in state.steps
 
 
 def test_a_canary_slower_than_its_guardrail_is_rolled_back(loop: Loop, tiny_data: Path) -> None:
     registry = Registry()
     champion = registry.alias_target(NAME, "champion")
     outcome, state = _run(loop, _config(loop, "slow", max_p95_ms=-1000.0), tiny_data)
-    assert outcome == "rolled_back", state
-    assert state["steps"]["retrain"]["status"] == "done"  # the gate had blessed it
-    assert "p95" in state["rolled_back"]["reason"] or "guardrail" in state["rolled_back"]["reason"]
+    assert outcome is Outcome.ROLLED_BACK, state
+    assert state.done(Step.RETRAIN)  # the gate had blessed it
+    assert state.rolled_back is not None
+    reason = str(state.rolled_back["reason"])
+    assert "p95" in reason or "guardrail" in reason
     assert registry.alias_target(NAME, "champion") == champion
     assert registry.alias_target(NAME, "challenger") is None
-    version = state["steps"]["retrain"]["detail"]["version"]
+    version = str(state.detail(Step.RETRAIN)["version"])
     assert "mlsys.pipeline.rolled_back" in registry.version(NAME, version).tags
 
 
@@ -110,17 +113,18 @@ def test_a_blessed_candidate_goes_through_shadow_and_canary_to_champion(
         if "retrain: done" in line:
             assert main(["pipeline", "stop", "--workdir", config.workdir]) == 0
 
-    assert Pipeline(config, client, say=stop_after_the_gate).run() == "stopped"
+    assert Pipeline(config, client, say=stop_after_the_gate).run() is Outcome.STOPPED
     registry = Registry()
     versions = len(registry.versions(NAME))
     assert registry.alias_target(NAME, "challenger") is not None
     outcome, state = _run(loop, _config(loop, "promoted"), tiny_data)
-    assert outcome == "promoted", state
+    assert outcome is Outcome.PROMOTED, state
     assert len(registry.versions(NAME)) == versions  # resumed: no second retraining
-    version = state["steps"]["retrain"]["detail"]["version"]
+    version = state.detail(Step.RETRAIN)["version"]
     assert Registry().alias_target(NAME, "champion") == version
-    assert state["steps"]["shadow"]["detail"]["coverage"] >= 0.5
-    assert state["steps"]["canary"]["detail"]["challenger"]["impressions"] >= 150
+    assert float(str(state.detail(Step.SHADOW)["coverage"])) >= 0.5
+    canary = state.detail(Step.CANARY)["challenger"]
+    assert isinstance(canary, dict) and canary["impressions"] >= 150
     # Resuming an ended pipeline does nothing; status reads it.
     assert Pipeline(replace(_config(loop, "promoted"), features=str(tiny_data)),
                     connect_node(loop.log_url, timeout_s=10)).run() == "promoted"  # fmt: skip

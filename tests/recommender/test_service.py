@@ -9,11 +9,11 @@ import pytest
 import torch
 from geographiclib.geodesic import Geodesic
 
-from mlsys.recommender.data import open_dataset
-from mlsys.recommender.features import Rows
+from mlsys.recommender.data.dataset import open_dataset
 from mlsys.recommender.geo import EARTH_RADIUS_M
 from mlsys.recommender.model import RankNet
-from mlsys.recommender.service import Query, Scorer, load_model, rank
+from mlsys.recommender.ranking import Query, Rows, Scorer, rank
+from mlsys.recommender.serving.served_model import load_model
 
 
 def jit_probabilities(pt: Path, users: np.ndarray, rests: np.ndarray) -> np.ndarray:

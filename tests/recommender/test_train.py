@@ -13,9 +13,9 @@ import torch
 from mlsys.cli import main
 from mlsys.errors import MlsysError
 from mlsys.recommender.artifact import load_ranknet
-from mlsys.recommender.data import open_dataset
-from mlsys.recommender.stream import FeatureTables, iter_chunks, prefetch
-from mlsys.recommender.train import TrainConfig, train
+from mlsys.recommender.data.dataset import open_dataset
+from mlsys.recommender.data.stream import FeatureTables, iter_chunks, prefetch
+from mlsys.recommender.training.train import TrainConfig, train
 
 
 def _all_ids(data: Path, split: str) -> np.ndarray:
@@ -143,7 +143,7 @@ def test_cli_errors_are_one_line(
 
 
 def test_pooled_chunks_equal_unpooled_and_early_stop_does_not_hang(tiny_data: Path) -> None:
-    from mlsys.recommender.stream import pooled_prefetch
+    from mlsys.recommender.data.stream import pooled_prefetch
 
     ds = open_dataset(tiny_data)
     tables = FeatureTables.load(ds)
@@ -206,7 +206,7 @@ def test_a_diverging_loss_stops_with_one_line_and_writes_no_model(
     """A step that overflows (here forced by lr=inf) must end the run with its reason, not
     carry on to a NaN model and a traceback from evaluation."""
     from mlsys.errors import MlsysError
-    from mlsys.recommender.train import TrainConfig, train
+    from mlsys.recommender.training.train import TrainConfig, train
 
     out = tmp_path / "model"
     with pytest.raises(MlsysError, match=r"training diverged in epoch 1 .* the loss is (nan|inf)"):
@@ -221,7 +221,8 @@ def test_default_threads_leave_a_core_to_the_reader_and_one_to_everything_else(
     3.90 s) and 1.17x slower, not 3.9x, with one core busy."""
     import os
 
-    from mlsys.recommender.train import TrainConfig, default_threads
+    from mlsys.recommender.training.threads import default_threads
+    from mlsys.recommender.training.train import TrainConfig
 
     for cores, expected in ((1, 1), (2, 1), (3, 1), (4, 2), (16, 14)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)))

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from mlsys.tagger.api import MAX_BODY_BYTES
 from mlsys.tagger.schema import CATEGORIES, TAGS
+from mlsys.tagger.serving.api import MAX_BODY_BYTES
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import random
 import numpy as np
 from PIL import Image
 
-from mlsys.tagger.augment import augment
+from mlsys.tagger.training.augment import augment
 
 
 def _red_square() -> Image.Image:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from mlsys.tagger import metrics as M
-from mlsys.tagger.augment import CORRUPTIONS
-from mlsys.tagger.evaluate import confusion, evaluate_tagger
+from mlsys.tagger.training.augment import CORRUPTIONS
+from mlsys.tagger.training.evaluate import confusion, evaluate_tagger
 
 
 def test_topk_and_prf_on_known_values() -> None:

@@ -11,12 +11,12 @@ import torch
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from mlsys.tagger.api import live_tagger, routes
-from mlsys.tagger.export import export_onnx, quantize_int8
 from mlsys.tagger.inference import TaggerModel, make_session
-from mlsys.tagger.model import ExportWrapper, GarmentTagger
 from mlsys.tagger.preprocess import decode_image, load_batch, load_image
 from mlsys.tagger.schema import open_garments
+from mlsys.tagger.serving.api import live_tagger, routes
+from mlsys.tagger.training.export import export_onnx, quantize_int8
+from mlsys.tagger.training.model import ExportWrapper, GarmentTagger
 
 
 def _eager(model_dir: Path) -> ExportWrapper:
@@ -97,7 +97,8 @@ def test_cached_prefix_is_what_the_int8_model_feeds_the_tuned_blocks(
     """Training caches the INT8 prefix's output on the promise that the deployed INT8 model
     computes the same tensor at the first tuned block (same frozen weights, same calibration
     images, so the same ranges): compare the two bit for bit."""
-    from mlsys.tagger.train import QUICK, quantized_prefix
+    from mlsys.tagger.training.config import QUICK
+    from mlsys.tagger.training.prefix_cache import quantized_prefix
 
     data = open_garments(garments_tiny)
     uuids = [str(u) for u in data.data.column("uuid").to_pylist()[:24]]

@@ -16,8 +16,8 @@ from PIL import Image
 
 from mlsys.cli import main
 from mlsys.errors import MlsysError
-from mlsys.tagger import generate, latents, render
-from mlsys.tagger.generate import draw_item, generate_garments
+from mlsys.tagger.data import generate, latents, render
+from mlsys.tagger.data.generate import draw_item, generate_garments
 from mlsys.tagger.schema import CATEGORIES, COLORS, TAGS, open_garments
 
 COUNT, TEST_COUNT = 40, 12

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mlsys.tagger.model import (
+from mlsys.tagger.training.model import (
     CATEGORIES,
     TAGS,
     EfficientNetLite0,

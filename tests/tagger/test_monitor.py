@@ -16,19 +16,13 @@ import redis
 from PIL import Image, ImageFilter
 
 from mlsys.platform.event_log import stream_key
-from mlsys.tagger.augment import CORRUPTIONS
+from mlsys.tagger.data.photo_stats import COLUMNS, image_stats, jpeg_quality, tag_record
 from mlsys.tagger.inference import TaggerModel
-from mlsys.tagger.monitor import (
-    COLUMNS,
-    REFERENCE_FILE,
-    TagMonitor,
-    image_stats,
-    jpeg_quality,
-    load_reference,
-    tag_record,
-)
+from mlsys.tagger.online.drift_monitor import TagMonitor, load_reference
 from mlsys.tagger.preprocess import decode_image
 from mlsys.tagger.schema import open_garments
+from mlsys.tagger.training.augment import CORRUPTIONS
+from mlsys.tagger.training.reference import REFERENCE_FILE
 
 
 def _photo(seed: int = 0) -> Image.Image:
@@ -90,7 +84,7 @@ def test_training_writes_the_reference_and_corrupted_traffic_is_flagged(
     clean = TagMonitor.for_reference("tagger/1", reference, size)
     test = data.test_uuids[:size]
     judged = clean.add([_served(model, data.image_bytes(u)) for u in test])
-    assert [w["drifted"] for w, _ in judged] == [False]
+    assert [w.drifted for w, _ in judged] == [False]
 
     corrupted = clean.fresh()
     records = []
@@ -98,7 +92,7 @@ def test_training_writes_the_reference_and_corrupted_traffic_is_flagged(
         src = Image.open(io.BytesIO(data.image_bytes(u))).convert("RGB")
         records.append(_served(model, _jpeg(CORRUPTIONS["blur_sigma1"](src, random.Random(i)), 90)))
     ((window, _),) = corrupted.add(records)
-    assert window["drifted"] and "sharpness" in window["features"]
+    assert window.drifted and "sharpness" in window.features
 
 
 def test_tag_answers_are_logged_for_the_monitor(

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlsys.cli import main
-from mlsys.tagger.predict import predict_tagger
 from mlsys.tagger.schema import CATEGORIES, PREDICTION_COLUMNS, TAGS, open_garments
+from mlsys.tagger.serving.predict import predict_tagger
 
 
 def test_predictions_file_has_the_contract_columns(

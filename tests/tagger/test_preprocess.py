@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mlsys.tagger.data.render import encode_jpeg
 from mlsys.tagger.preprocess import (
     CorruptImageError,
     ImageShapeError,
@@ -27,7 +28,6 @@ from mlsys.tagger.preprocess import (
     load_image,
     to_array,
 )
-from mlsys.tagger.render import encode_jpeg
 
 
 def _photo(width: int = 256, height: int = 256, seed: int = 0) -> bytes:

@@ -14,16 +14,10 @@ import torch
 from mlsys.errors import MlsysError
 from mlsys.files import file_version
 from mlsys.tagger import metrics as M
-from mlsys.tagger.model import load_pretrained
 from mlsys.tagger.schema import CATEGORIES, COLORS, TAGS, open_garments
-from mlsys.tagger.train import (
-    Labelled,
-    _colour_loss,
-    _pos_weight,
-    _tag_loss,
-    labelled_test,
-    stratified_split,
-)
+from mlsys.tagger.training.labels import Labelled, labelled_test, stratified_split
+from mlsys.tagger.training.model import load_pretrained
+from mlsys.tagger.training.train import _colour_loss, _pos_weight, _tag_loss
 
 
 def _labels(n: int, seed: int = 0) -> Labelled:

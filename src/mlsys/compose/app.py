@@ -19,11 +19,11 @@ def domain_components(settings: Settings) -> list[Component]:
     (each imported only when configured: a tagger-only server never imports torch's model)."""
     components = []
     if settings.model_dir:
-        from mlsys.recommender.api import component as recommender
+        from mlsys.recommender.serving.api import component as recommender
 
         components.append(recommender(settings))
     if settings.tagger_model_dir:
-        from mlsys.tagger.api import component as tagger
+        from mlsys.tagger.serving.api import component as tagger
 
         components.append(tagger(settings))
     return components

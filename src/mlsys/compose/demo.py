@@ -30,9 +30,8 @@ def _step(title: str) -> None:
 
 def run_demo(workdir: str | Path, scale: str = "full") -> int:
     from mlsys.compose.lifecycle import SCENARIOS, print_table, run_lifecycle
-    from mlsys.recommender.commands import summary
-    from mlsys.recommender.data import open_dataset
-    from mlsys.recommender.generate import generate_clicks
+    from mlsys.recommender.data.dataset import open_dataset
+    from mlsys.recommender.data.generate import generate_clicks
 
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -46,11 +45,11 @@ def run_demo(workdir: str | Path, scale: str = "full") -> int:
         print(f"reusing {data_dir} (delete it to regenerate)")
     else:
         generate_clicks(data_dir, scale=scale, seed=7, force=True)
-    print(summary(open_dataset(data_dir)))
+    print(open_dataset(data_dir).summary())
 
     from mlsys.platform.tracking import tracked_run
-    from mlsys.recommender.evaluate import evaluate, format_report
-    from mlsys.recommender.train import TrainConfig, train
+    from mlsys.recommender.training.evaluate import evaluate, format_report
+    from mlsys.recommender.training.train import TrainConfig, train
 
     _step("2. train the champion: the task's settings (5 epochs, batch 1024, Adam lr 1e-8)")
     if (model_dir / "model.pt").exists():

@@ -1,162 +1,87 @@
-"""CLI of online experiments: `mlsys rollout`, `mlsys log export`, `mlsys simulate users`,
-`mlsys experiment report`.
+"""Online experiments from the outside: start, ramp and stop a rollout, export the log, report
+an experiment (their CLI in `compose/cli/experiments.py`).
 
-Every command that reaches the running system's Redis takes `--redis URL`, defaulting to
-MLSYS_LOG_REDIS_URL, else MLSYS_REDIS_URL, as the server falls back (the log and the rollout
-state live in the log's Redis). `--json` prints one JSON object for scripts.
+Every function that reaches the running system takes the log's Redis (`log_client`): the log
+and the rollout state live there.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from mlsys.platform.settings import log_redis_url_from_env
-
-if TYPE_CHECKING:
-    from mlsys.cli import Verbs
-
-LOG_REDIS_HELP = (
-    "the log's Redis (default: $MLSYS_LOG_REDIS_URL, else $MLSYS_REDIS_URL, else "
-    "redis://127.0.0.1:6379/0)"
-)
+from mlsys.platform.redis_client import RedisClient
+from mlsys.platform.rollout import Guardrails, Mode, RolloutState, RolloutStore
+from mlsys.recommender.online.experiment_results import Decision, ExperimentReport
 
 
-def add_commands(verbs: Verbs) -> None:
-    from mlsys.platform.rollout import MODES
-
-    for mode in (*MODES, "stop", "status"):
-        helps = {
-            "shadow": "score every request with the challenger too; answer with the champion",
-            "canary": "send a small share of users (default 5%%) to the challenger",
-            "ab": "split users between champion and challenger (default 50%%)",
-            "interleave": "merge both rankings in every answer (team draft)",
-            "stop": "end the rollout: the champion answers everything",
-            "status": "show the rollout state and its history",
-        }
-        p = verbs.add("rollout", mode, _rollout, helps[mode])
-        p.add_argument("name", metavar="NAME", help="registered model name, e.g. ranknet")
-        p.add_argument("--redis", default=log_redis_url_from_env(), metavar="URL",
-                       help=LOG_REDIS_HELP)  # fmt: skip
-        if mode in MODES:
-            p.add_argument("--challenger", default="challenger", metavar="ALIAS")
-            share = "shadow, interleave: share of requests; canary, ab: share of users"
-            p.add_argument("--percent", type=float, default=None, metavar="P", help=share)
-            p.add_argument("--max-p95-ms", type=float, default=5.0,
-                           help="guardrail: challenger p95 over the champion's (ms)")  # fmt: skip
-            p.add_argument("--max-error-rate", type=float, default=0.01,
-                           help="guardrail: challenger error rate over the champion's")  # fmt: skip
-        p.set_defaults(mode=mode)
-
-    p = verbs.add("log", "export", _export, "write the impression and click log to parquet")
-    p.add_argument("out", metavar="OUT_DIR")
-    p.add_argument("--redis", default=log_redis_url_from_env(), metavar="URL", help=LOG_REDIS_HELP)
-    p.add_argument("--batch", type=int, default=50_000, help="entries per parquet part")
-    p.add_argument("--no-trim", action="store_true",
-                   help="keep exported entries in the streams")  # fmt: skip
-
-    p = verbs.add("simulate", "users", _simulate, "replay users who click by the true rule")
-    p.add_argument("url", metavar="URL", help="the API, e.g. http://127.0.0.1:8000")
-    p.add_argument("--data", required=True, metavar="DATA_DIR", help="the generated dataset")
-    p.add_argument("--rate", type=float, default=30.0, help="requests per second")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per HTTP request")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-    p = verbs.add("experiment", "report", _report, "analyse an online experiment")
-    p.add_argument("name", metavar="NAME", help="registered model name")
-    p.add_argument("--experiment", default=None, help="experiment id (default: current or last)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="for report.json/.md and ctr.png (default experiments/ID)")  # fmt: skip
-    p.add_argument("--log", default=None, metavar="DIR",
-                   help="an export folder to read before the streams")  # fmt: skip
-    p.add_argument("--redis", default=log_redis_url_from_env(), metavar="URL", help=LOG_REDIS_HELP)
-    p.add_argument("--n-opt", type=float, default=None, metavar="N",
-                   help="where the always-valid intervals are tightest (default by mode: "
-                   "2000 for A/B and canary, 200 for interleaving)")  # fmt: skip
-    p.add_argument("--enforce", action="store_true",
-                   help="stop the rollout when a guardrail fails")  # fmt: skip
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def log_client(url: str) -> Any:
+def log_client(url: str) -> RedisClient:
     from mlsys.platform.redis_client import connect
 
     return connect(url, timeout_s=10.0)
 
 
-def _rollout(args: argparse.Namespace) -> int:
-    from mlsys.platform.rollout import Guardrails, RolloutStore
+@dataclass(frozen=True)
+class Started:
+    state: RolloutState
+    champion_version: str
+    challenger_version: str
 
-    store = RolloutStore(log_client(args.redis))
-    if args.mode == "status":
-        state = store.get(args.name)
-        print(json.dumps({"state": None if state is None else json.loads(state.to_json()),
-                          "history": store.history(args.name)[-10:]}, indent=2))  # fmt: skip
-        return 0
-    if args.mode == "stop":
-        old = store.stop(args.name)
-        print(f"{args.name}: rollout stopped" + (f" (was {old.experiment})" if old else ""))
-        return 0
+
+def start_rollout(
+    client: RedisClient,
+    name: str,
+    mode: Mode,
+    challenger: str = "challenger",
+    percent: float | None = None,
+    guardrails: Guardrails | None = None,
+) -> Started:
+    """Set `name`'s rollout (both aliases must resolve in the registry); a ramp of the same
+    mode and challenger keeps the experiment."""
     from mlsys.platform.registry import ModelRef, Registry
 
     registry = Registry()
-    champion = registry.resolve(ModelRef(args.name, alias="champion"))
-    challenger = registry.resolve(ModelRef(args.name, alias=args.challenger))
-    if champion.version == challenger.version:
-        print(f"note: {args.challenger} and champion are the same version ({champion.version})")
-    state = store.start(
-        args.name, args.mode, args.challenger, args.percent,
-        Guardrails(args.max_p95_ms, args.max_error_rate),
-    )  # fmt: skip
-    print(
-        f"{args.name}: {state.mode} {state.percent:g}%, challenger {args.challenger} "
-        f"(version {challenger.version}) vs champion (version {champion.version}); experiment "
-        f"{state.experiment}. Workers apply it within about a second once the challenger loads."
-    )
-    return 0
+    champion = registry.resolve(ModelRef(name, alias="champion"))
+    other = registry.resolve(ModelRef(name, alias=challenger))
+    state = RolloutStore(client).start(name, mode, challenger, percent, guardrails)
+    return Started(state, champion.version, other.version)
 
 
-def _export(args: argparse.Namespace) -> int:
+def export_log(client: RedisClient, out: str | Path, batch: int = 50_000, trim: bool = True
+               ) -> dict[str, int]:  # fmt: skip
+    """The log's streams to OUT/NAME/part-*.parquet; rows written per stream."""
     from mlsys.platform.event_log import export
-    from mlsys.recommender.impressions import schemas
+    from mlsys.recommender.serving.impressions import schemas
 
-    written = export(log_client(args.redis), args.out, schemas(), batch=args.batch,
-                     trim=not args.no_trim)  # fmt: skip
-    for name, rows in written.items():
-        print(f"{name}: {rows} rows")
-    return 0
+    return export(client, out, schemas(), batch=batch, trim=trim)
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    from mlsys.recommender.simulate import print_summary, simulate
-
-    result = simulate(args.url, args.data, args.rate, args.duration, args.seed, args.timeout)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print_summary(result)
-    return 0
+@dataclass(frozen=True)
+class Reported:
+    report: ExperimentReport
+    out: Path
+    stopped: bool  # `enforce` stopped the rollout
 
 
-def _report(args: argparse.Namespace) -> int:
-    from mlsys.platform.rollout import RolloutStore
-    from mlsys.recommender.experiment import report
+def report_experiment(
+    client: RedisClient,
+    name: str,
+    experiment: str | None = None,
+    out: str | Path | None = None,
+    *,
+    log_dir: str | Path | None = None,
+    n_opt: float | None = None,
+    enforce: bool = False,
+) -> Reported:
+    """Analyse `name`'s experiment (default: current or last) into OUT; with `enforce`, stop
+    the rollout when a guardrail failed."""
+    from mlsys.recommender.online.experiment_report import report
 
-    client = log_client(args.redis)
-    state = RolloutStore(client).experiment(args.name, args.experiment)
-    out = args.out or f"experiments/{state.experiment}"
-    result = report(client, state, out, log_dir=args.log, n_opt=args.n_opt)
-    if args.enforce and result["decision"] == "stop: guardrail":
-        RolloutStore(client).stop(args.name)
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(Path(out, "report.md").read_text())
-    if args.enforce and result["decision"] == "stop: guardrail":
-        print(f"guardrail failed: rollout of {args.name} stopped")
-    print(f"written to {out}/report.json, report.md, ctr.png")
-    return 0
+    store = RolloutStore(client)
+    state = store.experiment(name, experiment)
+    folder = Path(out or f"experiments/{state.experiment}")
+    result = report(client, state, folder, log_dir=log_dir, n_opt=n_opt)
+    stopped = enforce and result.decision is Decision.GUARDRAIL
+    if stopped:
+        store.stop(name)
+    return Reported(result, folder, stopped)

@@ -69,7 +69,7 @@ class Traffic(threading.Thread):
         self.halt = threading.Event()
 
     def run(self) -> None:
-        from mlsys.recommender.simulate import load_population, simulate
+        from mlsys.recommender.online.simulate import load_population, simulate
 
         seed = 0
         populations: dict[Path, Any] = {}
@@ -91,7 +91,7 @@ class Traffic(threading.Thread):
 
 def run_lifecycle(work: Path, data_dir: Path, scenario: Scenario) -> dict[str, Any]:
     from mlsys.compose.stack import running_stack
-    from mlsys.recommender.drift_scenarios import generate_drift
+    from mlsys.recommender.data.drift_scenarios import generate_drift
 
     # The log's Redis is append-only: its file from an earlier run would replay that run's
     # answers into this one's streams (and the monitor would judge them with this run's model).

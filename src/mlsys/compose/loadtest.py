@@ -66,7 +66,7 @@ def http_post(target: Target, path: str, body: bytes, content_type: str) -> byte
 
 def load_requests(path: str | Path, target: Target) -> list[bytes]:
     """Each row of requests.parquet as a ready-to-send HTTP request."""
-    from mlsys.recommender.data import REQUESTS_SCHEMA, open_parquet, read_columns
+    from mlsys.recommender.data.schema import REQUESTS_SCHEMA, open_parquet, read_columns
 
     p = Path(path)
     pf = open_parquet(p, REQUESTS_SCHEMA)

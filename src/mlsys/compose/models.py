@@ -1,29 +1,20 @@
-"""`mlsys models ...`: the registry's commands, and which domain a model directory belongs to.
+"""Which domain a model directory belongs to, for the registry.
 
 The registry (`platform/registry.py`) knows versions and aliases, not models; this module
 tells it, for a directory, what kind of model it holds (a `tagger.json` makes it a garment
-tagger, a `model.pt` a RankNet), what to record about it, and how to probe it.
-
-    mlsys models register MODEL_DIR --name NAME [--alias ALIAS] [--reason TEXT]
-    mlsys models list [NAME]
-    mlsys models alias NAME ALIAS VERSION [--reason TEXT]
-    mlsys models promote NAME [--reason TEXT]      challenger -> champion, champion -> previous
-    mlsys models rollback NAME [--reason TEXT]     champion <-> previous
-    mlsys models history NAME                      every alias change, oldest first
+tagger, a `model.pt` a RankNet), what to record about it, and how to probe it. The commands
+are `mlsys models ...` (`compose/cli/models.py`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlsys.errors import MlsysError
 
 if TYPE_CHECKING:
-    from mlsys.cli import Verbs
-    from mlsys.platform.registry import ModelCard, Registry
+    from mlsys.platform.registry import ModelCard
 
 
 def model_kind(model_dir: str | Path) -> str:
@@ -40,7 +31,7 @@ def model_card(model_dir: str | Path) -> ModelCard:
         from mlsys.tagger.inference import model_card as tagger_card
 
         return tagger_card(model_dir)
-    from mlsys.recommender.service import model_card as ranknet_card
+    from mlsys.recommender.serving.served_model import model_card as ranknet_card
 
     return ranknet_card(model_dir)
 
@@ -51,99 +42,25 @@ def probe(model_dir: Path) -> list[float]:
         from mlsys.tagger.inference import probe as tagger_probe
 
         return tagger_probe(model_dir)
-    from mlsys.recommender.service import probe as ranknet_probe
+    from mlsys.recommender.serving.served_model import probe as ranknet_probe
 
     return ranknet_probe(model_dir)
 
 
-def add_commands(verbs: Verbs) -> None:
-    def add_reason(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--reason", default="", help="why (kept in the alias history)")
+def model_source(source: str, marker: str, hint: str) -> str:
+    """A folder (absolute path), or a `models:/` URI resolved and fetched here, in the parent:
+    it opens the registry first (creating its schema if new, the one process that may) and
+    fails fast on a missing alias; the workers then only read, and find the files fetched."""
+    from mlsys.platform.registry import Registry, parse_model_uri
 
-    p = verbs.add("models", "register", _register, "register a model directory as a new version")
-    p.add_argument("model_dir", metavar="MODEL_DIR")
-    p.add_argument("--name", required=True, help="registered model, e.g. ranknet, garment-tagger")
-    p.add_argument("--alias", default=None, help="point this alias at the new version")
-    add_reason(p)
-
-    p = verbs.add("models", "list", _list, "versions with their aliases, metrics and data")
-    p.add_argument("name", nargs="?", default=None)
-    p.add_argument("--json", action="store_true", help="one JSON array, for scripts")
-
-    p = verbs.add("models", "alias", _alias, "point an alias at a version")
-    p.add_argument("name")
-    p.add_argument("alias")
-    p.add_argument("version")
-    add_reason(p)
-
-    p = verbs.add("models", "promote", _promote, "challenger becomes champion")
-    p.add_argument("name")
-    add_reason(p)
-
-    p = verbs.add("models", "rollback", _rollback, "champion goes back to previous")
-    p.add_argument("name")
-    add_reason(p)
-
-    p = verbs.add("models", "history", _history, "every alias change of a model")
-    p.add_argument("name")
-    p.add_argument("--json", action="store_true")
-
-
-def _registry() -> Registry:
-    from mlsys.platform.registry import Registry
-
-    return Registry()
-
-
-def _register(args: argparse.Namespace) -> int:
-    card = model_card(args.model_dir)
-    registry = _registry()
-    version = registry.register(args.model_dir, args.name, card)
-    print(f"registered {args.name} version {version} ({card.kind} {card.file_version})")
-    if args.alias:
-        registry.set_alias(args.name, args.alias, version, args.reason or "registered", probe)
-        print(f"{args.name}@{args.alias} -> {version}")
-    return 0
-
-
-def _list(args: argparse.Namespace) -> int:
-    versions = _registry().versions(args.name)
-    if args.json:
-        print(json.dumps([{k: v for k, v in vars(x).items() if k != "tags"} for x in versions]))
-        return 0
-    print(f"{'name':16} {'ver':>4}  {'aliases':22} {'created (UTC)':17} {'file':13} "
-          f"{'data':13} metrics")  # fmt: skip
-    for v in versions:
-        metrics = "  ".join(f"{k} {x:.4f}" for k, x in v.metrics.items())
-        print(f"{v.name:16} {v.version:>4}  {','.join(v.aliases) or '-':22} {v.created:17} "
-              f"{v.file_version[:12]:13} {v.data_checksum[:12]:13} {metrics}")  # fmt: skip
-    return 0
-
-
-def _alias(args: argparse.Namespace) -> int:
-    _registry().set_alias(args.name, args.alias, args.version, args.reason, probe)
-    print(f"{args.name}@{args.alias} -> {args.version}")
-    return 0
-
-
-def _promote(args: argparse.Namespace) -> int:
-    old, new = _registry().promote(args.name, args.reason or "promoted", probe)
-    print(f"{args.name}: champion {old or '-'} -> {new}" + (f"; previous -> {old}" if old else ""))
-    return 0
-
-
-def _rollback(args: argparse.Namespace) -> int:
-    before, after = _registry().rollback(args.name, args.reason or "rolled back", probe)
-    print(f"{args.name}: champion {before} -> {after}; previous -> {before}")
-    return 0
-
-
-def _history(args: argparse.Namespace) -> int:
-    rows: list[dict[str, Any]] = _registry().history(args.name)
-    if args.json:
-        print(json.dumps(rows))
-        return 0
-    for r in rows:
-        print(f"{r['time']}  {r['alias']:10} {r['from'] or '-':>4} -> {r['to'] or '-':4}  "
-              f"{r['reason']}")  # fmt: skip
-    return 0
+    ref = parse_model_uri(source)
+    if ref is None:
+        path = Path(source)
+        if not (path / marker).is_file() and not (marker == "model.pt" and path.is_file()):
+            raise MlsysError(f"{path}: no {marker} there ({hint})")
+        return str(path.resolve())
+    registry = Registry()
+    info = registry.resolve(ref)
+    registry.download(info)
+    print(f"{ref} is {info.name} version {info.version}; following it", flush=True)
+    return source

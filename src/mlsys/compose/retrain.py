@@ -1,13 +1,10 @@
-"""`mlsys data from-log` and `mlsys retrain ranknet`: the batch retraining step of the loop.
-
-    mlsys data from-log LOG_DIR OUT_DIR --features DATA_DIR --window MIN [--holdout 0.2]
-    mlsys retrain ranknet --from models:/ranknet@champion --data DIR --out DIR
-                          [--epochs 2 --lr 1e-4 --ips --force --json]
+"""`mlsys retrain ranknet`: the batch retraining step of the loop (its CLI in
+`compose/cli/retrain.py`).
 
 Retraining, the way TFX's Trainer, Evaluator and Pusher split it: resolve the blessed model
 (the champion alias), warm-start from its weights with the task's architecture and Adam (the
 seeds' "fine-tuning most of the time"), log the run to MLflow, score champion and candidate on
-the same fresh holdout (`recommender/gate.py`), and register the candidate as a new version
+the same fresh holdout (`recommender/training/gate.py`), and register the candidate as a new version
 either way, with the verdict and its reasons as tags. Only a blessed (or `--force`d) candidate
 becomes `challenger`, which is what shadow and canary then take.
 
@@ -17,70 +14,15 @@ per step, so a fine-tune on a few hundred thousand logged rows would not move at
 
 from __future__ import annotations
 
-import argparse
-import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlsys.errors import MlsysError
 
 if TYPE_CHECKING:
-    from mlsys.cli import Verbs
-    from mlsys.recommender.gate import Verdict
-
-
-def add_commands(verbs: Verbs) -> None:
-    p = verbs.add("data", "from-log", _from_log, "join exported impressions with their clicks")
-    p.add_argument("log_dir", metavar="LOG_DIR", help="what `mlsys log export` wrote")
-    p.add_argument("out", metavar="OUT_DIR")
-    p.add_argument("--features", required=True, metavar="DATA_DIR",
-                   help="the dataset whose feature tables were served")  # fmt: skip
-    p.add_argument("--window", type=float, default=30.0, metavar="MIN",
-                   help="a click counts if it came within MIN minutes of its answer")  # fmt: skip
-    p.add_argument("--holdout", type=float, default=0.2,
-                   help="the latest share of answers, held out for the gate")  # fmt: skip
-    p.add_argument(
-        "--since-ms",
-        type=int,
-        default=None,
-        metavar="MS",
-        help="only answers from this time on (epoch ms, as the log stores it)",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-    p = verbs.add("retrain", "ranknet", _retrain, "warm-start from a model, gate, register")
-    p.add_argument(
-        "--from",
-        dest="source",
-        default="models:/ranknet@champion",
-        metavar="MODEL",
-        help="folder or models:/NAME@ALIAS (default models:/ranknet@champion)",
-    )
-    p.add_argument("--data", required=True, metavar="DIR", help="from `mlsys data from-log`")
-    p.add_argument("--out", required=True, metavar="MODEL_DIR")
-    p.add_argument("--name", default="ranknet", help="registered model name")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam's learning rate for the fine-tune")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ips", action="store_true",
-                   help="the gate weights clicks by 1 / propensity (position bias)")  # fmt: skip
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="make it challenger even if the gate refuses (recorded as forced)",
-    )
-    p.add_argument("--no-register", action="store_true", help="gate only; register nothing")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def _from_log(args: argparse.Namespace) -> int:
-    from mlsys.recommender.log_data import build, describe
-
-    report = build(args.log_dir, args.features, args.out, window_s=args.window * 60,
-                   holdout=args.holdout, since_ms=args.since_ms)  # fmt: skip
-    print(json.dumps(report) if args.json else describe(report) + f"\nwrote {args.out}")
-    return 0
+    from mlsys.recommender.training.gate import Verdict
 
 
 @dataclass(frozen=True)
@@ -93,7 +35,7 @@ class Retrained:
     forced: bool
     run_id: str | None
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, object]:
         return {
             "candidate_dir": str(self.candidate_dir),
             "from": self.champion,
@@ -136,13 +78,13 @@ def retrain(
     force: bool = False,
     register: bool = True,
     progress: bool = True,
-    log: Any = print,
+    log: Callable[[str], None] = print,
 ) -> Retrained:
     from mlsys.compose.models import model_card, probe
     from mlsys.platform.registry import CHALLENGER, Registry
     from mlsys.platform.tracking import tracked_run
-    from mlsys.recommender.gate import evaluate_pair
-    from mlsys.recommender.train import TrainConfig, train
+    from mlsys.recommender.training.gate import evaluate_pair
+    from mlsys.recommender.training.train import TrainConfig, train
 
     champion_dir, champion = resolve(source)
     config = TrainConfig(epochs=epochs, lr=lr, seed=seed)
@@ -170,14 +112,3 @@ def retrain(
             + (f", now {CHALLENGER}" if aliased else f", not {CHALLENGER} (refused)"))  # fmt: skip
     return Retrained(Path(out_dir), champion, verdict, version, aliased,
                      force and not verdict.passed, run.run_id)  # fmt: skip
-
-
-def _retrain(args: argparse.Namespace) -> int:
-    done = retrain(
-        args.source, args.data, args.out, name=args.name, epochs=args.epochs, lr=args.lr,
-        seed=args.seed, ips=args.ips, force=args.force, register=not args.no_register,
-        progress=not args.json, log=(lambda _: None) if args.json else print,
-    )  # fmt: skip
-    if args.json:
-        print(json.dumps(done.summary()))
-    return 0 if done.verdict.passed or args.force else 3

@@ -19,9 +19,9 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mlsys.errors import MlsysError
+from mlsys.files import JsonIn
 from mlsys.platform.redis_server import RedisServer, free_port
 
 
@@ -30,7 +30,7 @@ class Stack:
     api_url: str
     redis: RedisServer
     api: subprocess.Popen[bytes]
-    load_meta: dict[str, Any]
+    load_meta: JsonIn
     log_path: Path
     log_redis: RedisServer | None = None  # the impression log's (append-only) Redis
 
@@ -144,7 +144,7 @@ def running_stack(
     `log_redis` a second, append-only Redis for the impression log; everything started is
     stopped on exit."""
     from mlsys.platform.redis_client import connect
-    from mlsys.recommender.features import materialize
+    from mlsys.recommender.serving.materialize import materialize
 
     work = Path(workdir)
     redis = RedisServer(workdir=work / "redis").start()

@@ -1,5 +1,5 @@
 """Two-sample drift statistics: Evidently's choice of test, with thresholds calibrated on the
-reference itself (the monitors of recommender/monitor.py and tagger/monitor.py use them).
+reference itself (the drift monitors of recommender/online/ and tagger/online/ use them).
 
 Evidently's data-drift preset picks the test by column type and reference size, and this
 module follows the same rule so that verdicts compare:

@@ -39,9 +39,20 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from mlsys.files import JsonOut
+from mlsys.platform.redis_client import RedisClient
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger("mlsys.event_log")
+
+# The boundary of JSON in: one decoded log entry, as the API wrote it (its fields per stream are
+# the parquet schemas of `recommender/serving/impressions.py`) or as a parquet row reads back.
+LogRecord = dict[str, Any]
+# pyarrow ships no types: its tables and schemas are untyped to mypy (named here for readers).
 
 STREAM_PREFIX = "mlsys:log:"
 IMPRESSIONS = "impressions"
@@ -122,7 +133,7 @@ class Click:
 class EventLog:
     """The API's side of the log: append impressions, clicks, shadow rankings and errors."""
 
-    def __init__(self, client: Any, max_len: int, feedback_window_s: int) -> None:
+    def __init__(self, client: RedisClient, max_len: int, feedback_window_s: int) -> None:
         self.client = client
         self.max_len = max_len
         self.feedback_window_s = feedback_window_s
@@ -131,7 +142,7 @@ class EventLog:
         self._shadows: list[str] = []  # shadow records waiting for a ride (see `shadow`)
         self._shadows_since = 0.0
 
-    def impression(self, record: Mapping[str, Any], exposure: Exposure) -> None:
+    def impression(self, record: JsonOut, exposure: Exposure) -> None:
         """One round trip, one script: the impression entry, the served hash (what was shown,
         as one ",id,id," string, and its expiry), and the shadow records waiting. A script,
         not a MULTI pipeline: the client encodes and sends one command instead of five, on the
@@ -156,7 +167,7 @@ class EventLog:
             return CLICK_OUTCOMES[position]
         return Click(position, _text(result[1]))
 
-    def shadow(self, record: Mapping[str, Any]) -> bool:
+    def shadow(self, record: JsonOut) -> bool:
         """Buffer a shadow record: it rides along with the next impression (no round trip of
         its own), or goes on its own once it has waited SHADOW_FLUSH_S or SHADOW_FLUSH_COUNT
         are waiting. A worker that dies loses what it buffered (at most a second of shadow
@@ -185,24 +196,24 @@ class EventLog:
         self.client.hincrby(ERRORS_PREFIX + experiment, arm, 1)
 
 
-def append(client: Any, name: str, record: Mapping[str, Any], max_len: int) -> None:
+def append(client: RedisClient, name: str, record: JsonOut, max_len: int) -> None:
     """One record on a stream of its own, capped near `max_len` (the tagger's answers: no
     feedback and no experiment, so none of the impression script's bookkeeping)."""
     client.xadd(stream_key(name), {"json": _dumps(record)}, maxlen=max_len, approximate=True)
 
 
-def _dumps(record: Mapping[str, Any]) -> str:
+def _dumps(record: JsonOut) -> str:
     return json.dumps(record, separators=(",", ":"))
 
 
-def read_errors(client: Any, experiment: str) -> dict[str, int]:
+def read_errors(client: RedisClient, experiment: str) -> dict[str, int]:
     raw = client.hgetall(ERRORS_PREFIX + experiment)
     return {_text(k): int(v) for k, v in raw.items()}
 
 
 def read_stream(
-    client: Any, name: str, count: int = 10_000, after: str | None = None
-) -> Iterator[dict[str, Any]]:
+    client: RedisClient, name: str, count: int = 10_000, after: str | None = None
+) -> Iterator[LogRecord]:
     """Every record still in a stream (after entry id `after`, if given), oldest first,
     without a consumer group (the reports and the monitor)."""
     start = "-" if after is None else "(" + after
@@ -218,9 +229,9 @@ def read_stream(
 # ---- export -------------------------------------------------------------------------------
 
 
-def _record(entry_id: str, fields: Mapping[Any, Any]) -> dict[str, Any]:
+def _record(entry_id: str, fields: Mapping[bytes | str, bytes | str]) -> LogRecord:
     """An entry's record, with its stream id (clients may or may not decode field names)."""
-    record: dict[str, Any] = json.loads(fields[b"json"] if b"json" in fields else fields["json"])
+    record: LogRecord = json.loads(fields[b"json"] if b"json" in fields else fields["json"])
     record["stream_id"] = entry_id
     return record
 
@@ -251,9 +262,9 @@ def watermark(folder: Path) -> tuple[int, int]:
 
 
 def export(
-    client: Any,
+    client: RedisClient,
     out_dir: str | Path,
-    schemas: Mapping[str, Any],
+    schemas: Mapping[str, pa.Schema],
     batch: int = 50_000,
     trim: bool = True,
 ) -> dict[str, int]:
@@ -297,7 +308,9 @@ def export(
     return written
 
 
-def _write_part(folder: Path, entries: list[tuple[str, Any]], schema: Any) -> None:
+def _write_part(
+    folder: Path, entries: list[tuple[str, Mapping[bytes | str, bytes | str]]], schema: pa.Schema
+) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -316,7 +329,7 @@ def _write_part(folder: Path, entries: list[tuple[str, Any]], schema: Any) -> No
         os.close(dir_fd)
 
 
-def _trim_acknowledged(client: Any, key: str) -> None:
+def _trim_acknowledged(client: RedisClient, key: str) -> None:
     """Drop the entries every consumer group has acknowledged: the oldest entry still pending
     in a group, or after its last delivered one, is the new start."""
     groups = client.xinfo_groups(key)
@@ -334,7 +347,7 @@ def _trim_acknowledged(client: Any, key: str) -> None:
         client.xtrim(key, minid=f"{ms}-{seq}", approximate=False)
 
 
-def read_parts(folder: str | Path) -> Any:
+def read_parts(folder: str | Path) -> pa.Table | None:
     """An exported stream folder as one pyarrow table (empty folder: None)."""
     import pyarrow.parquet as pq
 

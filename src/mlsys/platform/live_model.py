@@ -133,7 +133,7 @@ class LiveModel(Generic[T]):
 
 
 def _count(kind: str, label: str, outcome: str, previous: str | None = None) -> None:
-    from mlsys.platform.monitoring import MODEL_INFO, MODEL_SWAPS
+    from mlsys.platform.metrics import MODEL_INFO, MODEL_SWAPS
 
     if outcome != "failed":
         if previous is not None:

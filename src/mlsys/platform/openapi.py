@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from mlsys.files import JsonIn
 from mlsys.platform.validation import ErrorBody
 
 REF = "#/components/schemas/{model}"
@@ -39,7 +39,7 @@ STATUS_TEXT = {
 class Param:
     name: str
     where: str  # "path" or "query"
-    schema: dict[str, Any]
+    schema: JsonIn
     description: str = ""
     required: bool = True
 
@@ -51,7 +51,7 @@ class Operation:
     summary: str
     request: type[BaseModel] | None = None
     # Raw (non-JSON) bodies: media type -> schema (e.g. the tagger's image upload)
-    request_media: dict[str, dict[str, Any]] = field(default_factory=dict)
+    request_media: dict[str, JsonIn] = field(default_factory=dict)
     response: type[BaseModel] | None = None
     response_media: str = "application/json"
     errors: Sequence[int] = ()  # answered with ErrorBody, unless `other` says otherwise
@@ -61,17 +61,17 @@ class Operation:
     status: int = 200  # of the success answer (e.g. 202 Accepted)
 
 
-def document(title: str, version: str, operations: Sequence[Operation]) -> dict[str, Any]:
+def document(title: str, version: str, operations: Sequence[Operation]) -> JsonIn:
     models = {m for op in operations for m in (op.request, op.response) if m is not None}
     models.update(m for op in operations for m in op.other.values())
     models.add(ErrorBody)
     keyed = sorted(models, key=lambda m: m.__name__)
     refs, schemas = models_json_schema([(m, "validation") for m in keyed], ref_template=REF)
     ref = {m: refs[(m, "validation")] for m in keyed}
-    paths: dict[str, dict[str, Any]] = {}
+    paths: dict[str, JsonIn] = {}
     for op in operations:
-        responses: dict[str, Any] = {}
-        ok: dict[str, Any] = {"description": STATUS_TEXT.get(op.status, "OK")}
+        responses: JsonIn = {}
+        ok: JsonIn = {"description": STATUS_TEXT.get(op.status, "OK")}
         if op.response is not None:
             ok["content"] = {op.response_media: {"schema": ref[op.response]}}
         elif op.response_media != "application/json":
@@ -85,7 +85,7 @@ def document(title: str, version: str, operations: Sequence[Operation]) -> dict[
                 "description": STATUS_TEXT.get(status, "Error"),
                 "content": {"application/json": {"schema": ref[op.other.get(status, ErrorBody)]}},
             }
-        entry: dict[str, Any] = {"summary": op.summary, "responses": responses}
+        entry: JsonIn = {"summary": op.summary, "responses": responses}
         if op.params:
             entry["parameters"] = [
                 {"name": p.name, "in": p.where, "required": p.required, "schema": p.schema,

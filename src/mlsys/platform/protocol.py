@@ -81,6 +81,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def _dropped(reason: str) -> None:
-    from mlsys.platform.monitoring import CONNECTIONS_DROPPED
+    from mlsys.platform.metrics import CONNECTIONS_DROPPED
 
     CONNECTIONS_DROPPED.labels(reason).inc()

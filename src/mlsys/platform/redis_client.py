@@ -21,7 +21,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-Command = tuple[Any, ...]
+# The boundary with redis-py: its clients (`redis.Redis`, `redis.RedisCluster`, a node's
+# connection) type their replies as `Awaitable[Any] | Any`, so a reply is whatever Redis sent.
+# Everywhere a client is passed around it is a `RedisClient`; each caller decodes the replies
+# it reads into typed values right there.
+RedisClient = Any
+Reply = Any
+Command = tuple[Reply, ...]
 
 _REFRESH_EVERY_S = 0.25  # at most this often per client while a node is unreachable
 _refresh_lock = threading.Lock()
@@ -50,7 +56,7 @@ def server_is_cluster(url: str, timeout_s: float) -> bool:
         probe.close()
 
 
-def connect(url: str, timeout_s: float = 0.05, max_connections: int = 16) -> Any:
+def connect(url: str, timeout_s: float = 0.05, max_connections: int = 16) -> RedisClient:
     """A `redis.Redis`, or a `redis.RedisCluster` when the node says it is in a cluster.
 
     Small timeouts and no retries turn "Redis is down" into an exception within ~timeout_s; the
@@ -69,7 +75,7 @@ def connect(url: str, timeout_s: float = 0.05, max_connections: int = 16) -> Any
     return connect_node(url, timeout_s, max_connections)
 
 
-def connect_node(url: str, timeout_s: float = 0.05, max_connections: int = 16) -> Any:
+def connect_node(url: str, timeout_s: float = 0.05, max_connections: int = 16) -> RedisClient:
     """A single-node client without asking the server: for the impression log, whose Lua
     scripts touch several keys and so need one node, and which may still be starting."""
     import redis
@@ -80,13 +86,13 @@ def connect_node(url: str, timeout_s: float = 0.05, max_connections: int = 16) -
     return redis.Redis(connection_pool=pool)
 
 
-def is_cluster(client: Any) -> bool:
+def is_cluster(client: RedisClient) -> bool:
     import redis
 
     return isinstance(client, redis.RedisCluster)
 
 
-def close(client: Any) -> None:
+def close(client: RedisClient) -> None:
     """Drops every pooled connection (a forked worker must not share its parent's sockets)."""
     if is_cluster(client):
         client.close()
@@ -94,7 +100,7 @@ def close(client: Any) -> None:
         client.connection_pool.disconnect()
 
 
-def used_memory(client: Any) -> int:
+def used_memory(client: RedisClient) -> int:
     """Bytes Redis uses for the data set: summed over the masters of a cluster."""
     if is_cluster(client):
         nodes = [client.get_redis_connection(n) for n in client.get_primaries()]
@@ -108,7 +114,7 @@ def key_slot(key: str) -> int:
     return int(slot(key.encode()))
 
 
-def refresh_topology(client: Any) -> None:
+def refresh_topology(client: RedisClient) -> None:
     """Re-reads which node serves which slot, after a node failed or a slot moved; at most
     every 0.25 s per client, so a dead node does not turn each request into a rediscovery."""
     now = time.monotonic()
@@ -138,7 +144,7 @@ def _redirected(exc: BaseException) -> bool:
     )
 
 
-def on_nodes(client: Any, groups: Sequence[tuple[int, Command]]) -> list[Any]:
+def on_nodes(client: RedisClient, groups: Sequence[tuple[int, Command]]) -> list[Reply]:
     """Runs each `(slot, command)` on the master serving `slot` and returns the replies in order.
 
     One packed write per node, all written before any reply is read, so the nodes work in
@@ -149,7 +155,7 @@ def on_nodes(client: Any, groups: Sequence[tuple[int, Command]]) -> list[Any]:
     """
     import redis
 
-    by_node: dict[str, tuple[Any, list[int]]] = {}
+    by_node: dict[str, tuple[RedisClient, list[int]]] = {}
     nodes = client.nodes_manager
     try:
         for i, (slot, _) in enumerate(groups):
@@ -159,8 +165,8 @@ def on_nodes(client: Any, groups: Sequence[tuple[int, Command]]) -> list[Any]:
         refresh_topology(client)
         raise redis.ConnectionError(str(exc)) from exc
 
-    replies: list[Any] = [None] * len(groups)
-    sent: list[tuple[Any, Any, list[int]]] = []
+    replies: list[Reply] = [None] * len(groups)
+    sent: list[tuple[RedisClient, Reply, list[int]]] = []
     try:
         for node, indices in by_node.values():
             pool = node.redis_connection.connection_pool
@@ -190,7 +196,7 @@ def on_nodes(client: Any, groups: Sequence[tuple[int, Command]]) -> list[Any]:
     return replies
 
 
-def _one_key_at_a_time(client: Any, groups: Sequence[tuple[int, Command]]) -> list[Any]:
+def _one_key_at_a_time(client: RedisClient, groups: Sequence[tuple[int, Command]]) -> list[Reply]:
     """The slow path while slots move: redis-py's cluster pipeline, with each MGET split into
     GETs. A slot half migrated answers a multi-key command with TRYAGAIN until it is done, but
     each single key with ASK to wherever it is now, which the pipeline follows."""
@@ -202,7 +208,7 @@ def _one_key_at_a_time(client: Any, groups: Sequence[tuple[int, Command]]) -> li
         if not keys:
             pipe.execute_command(*command)
     flat = iter(pipe.execute())
-    replies: list[Any] = []
+    replies: list[Reply] = []
     for _, command in groups:
         if str(command[0]).upper() == "MGET":
             replies.append([next(flat) for _ in command[1:]])
@@ -211,7 +217,7 @@ def _one_key_at_a_time(client: Any, groups: Sequence[tuple[int, Command]]) -> li
     return replies
 
 
-def _discard(sent: list[tuple[Any, Any, list[int]]]) -> None:
+def _discard(sent: list[tuple[RedisClient, Reply, list[int]]]) -> None:
     """A connection with replies still unread must never go back to the pool as it is."""
     for pool, conn, _ in sent:
         conn.disconnect()

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mlsys.errors import MlsysError
+from mlsys.files import JsonIn
 from mlsys.platform.tracking import client, tracked_run, tracking_uri
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
@@ -266,7 +267,7 @@ class Registry:
         self.set_alias(name, PREVIOUS, champion, reason)
         return champion, previous
 
-    def history(self, name: str | None = None) -> list[dict[str, Any]]:
+    def history(self, name: str | None = None) -> list[JsonIn]:
         path = history_path(self.uri)
         if not path.exists():
             return []

@@ -34,21 +34,44 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Generic, TypeVar
+from enum import StrEnum
+from typing import Generic, TypeVar
 
 from mlsys.errors import MlsysError
+from mlsys.files import JsonIn
+from mlsys.platform.redis_client import RedisClient
 
 log = logging.getLogger("mlsys.rollout")
 
-MODES = ("shadow", "canary", "ab", "interleave")
-DEFAULT_PERCENT = {"shadow": 100.0, "canary": 5.0, "ab": 50.0, "interleave": 100.0}
+
+class Mode(StrEnum):
+    """How a rollout splits traffic (the module docstring)."""
+
+    SHADOW = "shadow"
+    CANARY = "canary"
+    AB = "ab"
+    INTERLEAVE = "interleave"
+
+    @property
+    def splits_users(self) -> bool:
+        """Canary and A/B assign users to arms; shadow and interleave take requests."""
+        return self in (Mode.CANARY, Mode.AB)
+
+
+class Arm(StrEnum):
+    """Who answered a request (X-Arm, the log's `arm`, a click's `credited`)."""
+
+    CHAMPION = "champion"
+    CHALLENGER = "challenger"
+    INTERLEAVED = "interleaved"
+
+
+MODES = tuple(Mode)
+DEFAULT_PERCENT = {Mode.SHADOW: 100.0, Mode.CANARY: 5.0, Mode.AB: 50.0, Mode.INTERLEAVE: 100.0}
 BUCKETS = 10_000
 KEY_PREFIX = "mlsys:rollout:"
 HISTORY_SUFFIX = ":history"
 HISTORY_KEEP = 1000
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-INTERLEAVED = "interleaved"
 
 T = TypeVar("T")
 
@@ -69,13 +92,16 @@ class Guardrails:
 @dataclass(frozen=True)
 class RolloutState:
     model: str  # registered model name
-    mode: str  # one of MODES
+    mode: Mode
     challenger: str  # registry alias of the challenger
     percent: float  # shadow, interleave: share of requests; canary, ab: share of users
     experiment: str  # id, and the assignment's salt
     started: float  # unix time
-    champion: str = CHAMPION
+    champion: str = "champion"  # registry alias of the champion
     guardrails: Guardrails = Guardrails()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", Mode(self.mode))  # a mode given as text is checked
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -94,19 +120,21 @@ def bucket(salt: str, user_id: int) -> int:
     return int.from_bytes(digest, "big") % BUCKETS
 
 
-def assign(state: RolloutState, user_id: int) -> str:
+def assign(state: RolloutState, user_id: int) -> Arm:
     """The arm a user sees under a canary or A/B state."""
-    return CHALLENGER if bucket(state.experiment, user_id) < state.percent * 100 else CHAMPION
+    return (
+        Arm.CHALLENGER if bucket(state.experiment, user_id) < state.percent * 100 else Arm.CHAMPION
+    )
 
 
-def arm_for(state: RolloutState, user_id: int, request_id: str) -> str:
+def arm_for(state: RolloutState, user_id: int, request_id: str) -> Arm:
     """Who answers a request: a canary or A/B user's arm, an interleaved answer for a request
     in interleaving's share, else the champion (shadow mode always answers with it)."""
-    if state.mode in ("canary", "ab"):
+    if state.mode.splits_users:
         return assign(state, user_id)
-    if state.mode == "interleave" and sampled(state, request_id):
-        return INTERLEAVED
-    return CHAMPION
+    if state.mode is Mode.INTERLEAVE and sampled(state, request_id):
+        return Arm.INTERLEAVED
+    return Arm.CHAMPION
 
 
 def sampled(state: RolloutState, request_id: str) -> bool:
@@ -164,7 +192,7 @@ def team_draft(
 class RolloutStore:
     """The rollout states in Redis: one key per model name, and a capped history list."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self.client = client
 
     def get(self, model: str) -> RolloutState | None:
@@ -174,7 +202,7 @@ class RolloutStore:
     def start(
         self,
         model: str,
-        mode: str,
+        mode: Mode | str,
         challenger: str,
         percent: float | None = None,
         guardrails: Guardrails | None = None,
@@ -183,10 +211,11 @@ class RolloutStore:
         keeps the experiment and so every user's arm), anything else starts a new one."""
         if mode not in MODES:
             raise RolloutError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+        mode = Mode(mode)
         share = DEFAULT_PERCENT[mode] if percent is None else float(percent)
         if not 0 < share <= 100:
             raise RolloutError(f"--percent {share:g}: must be in (0, 100]")
-        if challenger == CHAMPION:
+        if challenger == "champion":
             raise RolloutError("the challenger must be another alias than champion")
         old = self.get(model)
         if old is not None and old.mode == mode and old.challenger == challenger:
@@ -210,7 +239,7 @@ class RolloutStore:
                                   "experiment": old.experiment if old else None})  # fmt: skip
         return old
 
-    def history(self, model: str) -> list[dict[str, Any]]:
+    def history(self, model: str) -> list[JsonIn]:
         raw = self.client.lrange(KEY_PREFIX + model + HISTORY_SUFFIX, 0, -1)
         return [json.loads(r) for r in raw]
 
@@ -226,7 +255,7 @@ class RolloutStore:
         what = f"experiment {experiment}" if experiment else "any experiment"
         raise RolloutError(f"no rollout of {model!r} has run {what}")
 
-    def _write(self, model: str, value: str | None, event: dict[str, Any]) -> None:
+    def _write(self, model: str, value: str | None, event: dict[str, object]) -> None:
         event["at"] = time.time()
         pipe = self.client.pipeline(transaction=True)
         if value is None:

@@ -18,6 +18,10 @@ REDIS_HELP = (
     "the feature store: one Redis node, or any node of a Redis Cluster (default: "
     "$MLSYS_REDIS_URL, else redis://127.0.0.1:6379/0)"
 )
+LOG_REDIS_HELP = (
+    "the log's Redis (default: $MLSYS_LOG_REDIS_URL, else $MLSYS_REDIS_URL, else "
+    "redis://127.0.0.1:6379/0)"
+)
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,11 @@ import json
 import platform
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from mlsys.errors import MlsysError
-from mlsys.files import atomic_file, atomic_write_json, file_version
+from mlsys.files import JsonIn, JsonOut, atomic_file, atomic_write_json, file_version
 from mlsys.recommender.model import INPUT_FEATURES, RankNet
 
 MODEL_FILE = "model.pt"
@@ -58,9 +57,9 @@ def save_ranknet(
     model_dir: str | Path,
     *,
     data_checksum: str,
-    config: dict[str, Any],
-    metrics: dict[str, Any],
-) -> dict[str, Any]:
+    config: JsonOut,
+    metrics: JsonOut,
+) -> JsonIn:
     """Write `model.pt` and `model.json` atomically; returns the metadata written."""
     out = Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +71,7 @@ def save_ranknet(
     pt_path = out / MODEL_FILE
     with atomic_file(pt_path) as tmp:
         scripted.save(str(tmp))  # type: ignore[no-untyped-call]
-    meta: dict[str, Any] = {
+    meta: JsonIn = {
         "name": "ranknet",
         "version": file_version(pt_path),
         "feature_order": list(INPUT_FEATURES),
@@ -98,7 +97,7 @@ def _resolve(model_dir_or_pt: str | Path) -> tuple[Path, Path | None]:
     return pt, (meta if meta.is_file() else None)
 
 
-def load_ranknet(model_dir_or_pt: str | Path) -> tuple[RankNet, dict[str, Any]]:
+def load_ranknet(model_dir_or_pt: str | Path) -> tuple[RankNet, JsonIn]:
     """Load a model directory (ours) or a bare `model.pt` (the kit's) as an eval-mode RankNet.
 
     The weights are copied into a plain `RankNet` rather than returned as a ScriptModule so
@@ -125,7 +124,7 @@ def load_ranknet(model_dir_or_pt: str | Path) -> tuple[RankNet, dict[str, Any]]:
     model.eval()
     version = file_version(pt)
     if meta_path is None:
-        meta: dict[str, Any] = {
+        meta: JsonIn = {
             "name": "ranknet",
             "version": version,
             "feature_order": list(INPUT_FEATURES),

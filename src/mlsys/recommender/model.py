@@ -1,8 +1,9 @@
 """The click-probability model, fixed by the task: do not change its architecture.
 
 The first two layers have no activation between them; training and serving exploit that
-(see `train.py` and `service.py`) but the parameters stay exactly these `nn.Linear` modules so
-artifacts remain interchangeable with the kit's `torch.jit.load` consumers.
+(see `training/fastgrad.py` and `ranking.py`) but the parameters stay exactly these
+`nn.Linear` modules so artifacts remain interchangeable with the kit's `torch.jit.load`
+consumers.
 """
 
 from __future__ import annotations

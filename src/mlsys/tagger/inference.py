@@ -7,16 +7,20 @@ preprocessing, the thresholds and the category order can never drift between the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from mlsys.errors import MlsysError
+from mlsys.files import JsonIn
 from mlsys.platform.registry import ModelCard
-from mlsys.tagger.preprocess import PreprocessConfig, to_array
+from mlsys.tagger.preprocess import PreprocessConfig, load_image, to_array
 
 MODEL_JSON = "tagger.json"
 
@@ -40,14 +44,14 @@ class Probabilities:
     colour: np.ndarray  # (N, n_colours)
 
 
-def load_meta(model_dir: str | Path) -> dict[str, Any]:
+def load_meta(model_dir: str | Path) -> JsonIn:
     path = Path(model_dir) / MODEL_JSON
     if not path.is_file():
         raise MlsysError(
             f"{path}: missing; train a model first (mlsys train tagger DATA_DIR --out {model_dir})"
         )
     try:
-        meta: dict[str, Any] = json.loads(path.read_text())
+        meta: JsonIn = json.loads(path.read_text())
     except ValueError as exc:
         raise MlsysError(f"{path}: not readable JSON ({exc})") from None
     return meta
@@ -90,7 +94,7 @@ class TaggerModel:
     def decisions(self, tag_probs: np.ndarray) -> np.ndarray:
         return (tag_probs >= self.thresholds).astype(np.int64)
 
-    def describe(self, probs: Probabilities, row: int = 0) -> dict[str, Any]:
+    def describe(self, probs: Probabilities, row: int = 0) -> JsonIn:
         """One item's answer as the API returns it: top-2 categories, every tag, the colour."""
         cat = probs.category[row]
         top = np.argsort(-cat)[:2]
@@ -146,3 +150,45 @@ def model_card(model_dir: str | Path) -> ModelCard:
         metrics={k: float(val[k]) for k in keys if k in val},
         probe=probe(model_dir),
     )
+
+
+def batched_probabilities(
+    model: TaggerModel,
+    paths: Sequence[Path],
+    batch_size: int = 32,
+    transform: Callable[[Image.Image, int], Image.Image] | None = None,
+    desc: str = "predict",
+    progress: bool = True,
+) -> Probabilities:
+    """Decode in a thread pool (PIL releases the GIL) while ONNX Runtime runs the last batch.
+
+    `transform(img, index)`, when given, perturbs each decoded image (the robustness check).
+    """
+
+    def prepare(i: int) -> np.ndarray:
+        img = load_image(paths[i])
+        if transform is not None:
+            img = transform(img, i)
+        return model.prepare(img)
+
+    def batches() -> Iterator[np.ndarray]:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for start in range(0, len(paths), batch_size):
+                idx = range(start, min(start + batch_size, len(paths)))
+                yield np.stack(list(pool.map(prepare, idx)))
+
+    cats, tags, cols = [], [], []
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for batch in batches():
+            p = model.run(batch)
+            cats.append(p.category)
+            tags.append(p.tags)
+            cols.append(p.colour)
+            bar.update(len(batch))
+    if not cats:
+        return Probabilities(
+            np.zeros((0, len(model.categories)), np.float32),
+            np.zeros((0, len(model.tags)), np.float32),
+            np.zeros((0, len(model.colours)), np.float32),
+        )
+    return Probabilities(np.concatenate(cats), np.concatenate(tags), np.concatenate(cols))

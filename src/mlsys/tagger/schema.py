@@ -23,13 +23,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlsys.errors import DatasetError
+from mlsys.files import JsonIn
 
 CATEGORIES: tuple[str, ...] = ("BLOUSES", "CASUAL_DRESSES", "MINI_DRESSES", "SHIRTS", "TANK_TOPS")
 COLORS: tuple[str, ...] = (
@@ -62,7 +62,7 @@ class GarmentDataset:
     test: pa.Table
     test_labels: pa.Table | None
     images: dict[str, Path]
-    manifest: dict[str, Any] | None
+    manifest: JsonIn | None
 
     def image_path(self, uuid: str) -> Path:
         return self.images[uuid]
@@ -227,7 +227,7 @@ def open_garments(root: str | Path, images_dir: str | Path | None = None) -> Gar
     if example_path.exists():
         check_predictions(example_path, _read(example_path), test_uuids=None)
 
-    manifest: dict[str, Any] | None = None
+    manifest: JsonIn | None = None
     manifest_path = root / GENERATOR_MANIFEST
     if manifest_path.exists():
         try:

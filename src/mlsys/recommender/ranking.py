@@ -1,0 +1,207 @@
+"""Ranking one recommendation request: distance filter, scoring, sort. No HTTP, no Redis here.
+
+Shared by every stage that ranks as `/recommend` does: serving (`serving/api.py`), the
+training reference profile (`training/reference.py`) and the replay (`online/replay.py`).
+
+Scoring exploits the model's shape. RankNet is Linear(40,256) -> Linear(256,128) -> ReLU ->
+Linear(128,1) with no activation between the first two layers, so for the input [u; r]
+
+    W2 (W1 [u; r] + b1) + b2 = Mu u + Mr r + c,   M = W2 W1 (128x40) = [Mu | Mr],  c = W2 b1 + b2.
+
+`Scorer` folds M and c once at model load; a request then costs one (128x30) mat-vec for the
+user, shared by all candidates, and one (k x 10) @ (10 x 128) product for the k candidates that
+survive the distance filter, instead of k full 40->256->128 passes. Everything is float64, so
+the result equals `sigmoid(torch.jit.load(model.pt)(x))` (float32) to ~1e-7; a test holds it to
+1e-6. There is no per-candidate Python loop: rows are numpy arrays (`Rows`, as
+`serving/online_store.py` reads them, or in memory).
+
+Displacement is the great-circle distance of `geo.haversine_m` (its docstring states the Earth
+radius, 6,359,000 m, and why).
+
+Order and ties: `sort_dist=false` sorts by score descending, `true` by displacement ascending;
+both sorts are stable, so ties keep the order of `candidate_restaurant_ids` in the request.
+A restaurant is kept when displacement <= max_dist (the boundary is included). Duplicate
+candidate ids are ranked as given (the request is the caller's list, not a set).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mlsys.files import JsonIn
+from mlsys.recommender.artifact import STATE_KEYS
+from mlsys.recommender.geo import haversine_m
+
+Float64Array = npt.NDArray[np.float64]
+IdArray = npt.NDArray[np.int64]
+FloatMatrix = npt.NDArray[np.float32]
+
+
+class Scorer:
+    """Click probabilities from the folded RankNet parameters (see the module docstring)."""
+
+    def __init__(self, state: dict[str, Any], n_user: int = 30) -> None:
+        missing = [k for k in STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"not a RankNet state dict: missing {missing}")
+        w1, b1, w2, b2, w3, b3 = (
+            np.asarray(_numpy(state[k]), dtype=np.float64) for k in STATE_KEYS
+        )
+        if not all(np.isfinite(w).all() for w in (w1, b1, w2, b2, w3, b3)):
+            # With finite float32 weights and features (values.py), float64 scores are always
+            # finite, so a response can never carry NaN.
+            raise ValueError("parameters hold NaN or infinite values")
+        m = w2 @ w1  # (128, 40)
+        self.n_user = n_user
+        self.mu = np.ascontiguousarray(m[:, :n_user])  # (128, 30)
+        self.mr_t = np.ascontiguousarray(m[:, n_user:].T)  # (10, 128)
+        self.c = w2 @ b1 + b2  # (128,)
+        self.w3 = np.ascontiguousarray(w3.reshape(-1))  # (128,)
+        self.b3 = float(b3.reshape(-1)[0])
+
+    def user_part(self, user: FloatMatrix) -> Float64Array:
+        """Mu u + c: the user's share of the hidden layer, computed once per request. Also
+        for a (n x 30) matrix of users, one row each (`scores` then pairs row with row)."""
+        out: Float64Array = user.astype(np.float64) @ self.mu.T + self.c
+        return out
+
+    def scores(self, hu: Float64Array, restaurants: FloatMatrix) -> Float64Array:
+        """sigmoid(w3 . relu(hu + Mr r) + b3) for every row r of `restaurants` (k x 10)."""
+        hidden = restaurants.astype(np.float64) @ self.mr_t
+        hidden += hu
+        np.maximum(hidden, 0.0, out=hidden)
+        logits = hidden @ self.w3 + self.b3
+        out: Float64Array = 1.0 / (1.0 + np.exp(-logits))
+        return out
+
+
+def _numpy(t: Any) -> npt.NDArray[Any]:
+    return np.asarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t)
+
+
+@dataclass(frozen=True)
+class Query:
+    """A validated /recommend request."""
+
+    user_id: int
+    candidate_ids: list[int]
+    latitude: float
+    longitude: float
+    size: int = 20
+    max_dist: float = 5000.0
+    sort_dist: bool = False
+
+    @classmethod
+    def of_request(cls, row: JsonIn) -> Query:
+        """A row of requests.parquet (its columns are the body's fields, plus user_id)."""
+        return cls(int(row["user_id"]), list(row["candidate_restaurant_ids"]), row["latitude"],
+                   row["longitude"], row["size"], row["max_dist"], row["sort_dist"])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Rows:
+    """What one request reads: the user row (None if unknown) and the known candidates' rows."""
+
+    namespace: str
+    user: FloatMatrix | None  # (30,)
+    positions: npt.NDArray[np.intp]  # index into the request's candidate list, per known row
+    features: FloatMatrix  # (k, 10)
+    latitude: Float64Array  # (k,)
+    longitude: Float64Array  # (k,)
+    unknown: int  # candidates not in the store
+
+    @classmethod
+    def in_memory(
+        cls,
+        user: FloatMatrix,
+        candidate_ids: npt.NDArray[np.int64],
+        restaurants: FloatMatrix,
+        locations: Float64Array,
+    ) -> Rows:
+        """What `OnlineStore.fetch` reads, from feature tables held in memory (the replay, the
+        reference profile): every candidate known."""
+        return cls("memory", user, np.arange(len(candidate_ids)), restaurants[candidate_ids],
+                   locations[candidate_ids, 0], locations[candidate_ids, 1], 0)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Ranking:
+    ids: IdArray
+    scores: Float64Array
+    displacement: Float64Array
+    candidates: int  # in the request
+    unknown: int  # not in the store, skipped
+    too_far: int  # displacement > max_dist, dropped before scoring
+
+    def to_json(self) -> bytes:
+        """The response body, built without a Python loop per restaurant."""
+        items = ",".join(
+            map(
+                '{{"id":{},"score":{!r},"displacement":{!r}}}'.format,
+                self.ids.tolist(),
+                self.scores.tolist(),
+                self.displacement.tolist(),
+            )
+        )
+        return b'{"restaurants":[' + items.encode() + b"]}"
+
+
+@dataclass(frozen=True)
+class Reachable:
+    """The candidates within `max_dist` of the user: what every model of a request ranks
+    (computed once when an experiment ranks with two)."""
+
+    user: FloatMatrix
+    ids: IdArray
+    displacement: Float64Array
+    features: FloatMatrix
+    candidates: int
+    unknown: int
+    too_far: int
+
+
+def reachable(query: Query, rows: Rows) -> Reachable:
+    assert rows.user is not None, "ranking needs a known user"
+    ids = np.asarray(query.candidate_ids, dtype=np.int64)[rows.positions]
+    displacement = haversine_m(query.latitude, query.longitude, rows.latitude, rows.longitude)
+    near = displacement <= query.max_dist
+    return Reachable(
+        user=rows.user,
+        ids=ids[near],
+        displacement=displacement[near],
+        features=rows.features[near],
+        candidates=len(query.candidate_ids),
+        unknown=rows.unknown,
+        too_far=int(len(near) - int(near.sum())),
+    )
+
+
+def order(query: Query, reach: Reachable, scorer: Scorer) -> Ranking:
+    """Score the reachable candidates, sort, cut to `size`."""
+    scores = scorer.scores(scorer.user_part(reach.user), reach.features)
+    key = reach.displacement if query.sort_dist else -scores
+    top = np.argsort(key, kind="stable")[: query.size]
+    return Ranking(
+        ids=reach.ids[top],
+        scores=scores[top],
+        displacement=reach.displacement[top],
+        candidates=reach.candidates,
+        unknown=reach.unknown,
+        too_far=reach.too_far,
+    )
+
+
+def rank(query: Query, rows: Rows, scorer: Scorer) -> Ranking:
+    """Filter by distance, score what is left, sort, cut to `size` (see the module docstring)."""
+    return order(query, reachable(query, rows), scorer)
+
+
+def probe_input() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """A fixed user and 8 restaurants spanning the features' typical range (about +-2)."""
+    user = np.linspace(-2.0, 2.0, 30, dtype=np.float32)
+    restaurants = np.linspace(-2.0, 2.0, 80, dtype=np.float32).reshape(8, 10)[::-1].copy()
+    return user, restaurants

@@ -1,0 +1,238 @@
+"""The online feature store: user and restaurant feature views materialized into Redis.
+
+Why Redis, and why this layout (measurements in docs/serving-report.md):
+
+- The API must read every request's features from a database so updates show up at once. A
+  request needs one user row and ~1,000 restaurant rows by primary key, nothing else: a
+  key-value lookup, which Redis answers from memory in one round trip (MGET) for ~1.7 ms.
+- One binary string per entity, no hashes or JSON: a value is the row's raw little-endian bytes,
+  so decoding 1,000 rows is one `b"".join` plus one `np.frombuffer`, with no per-field parsing.
+
+      <ns>:u:<user_id>                 30 x float32 (f00..f29)                        120 bytes
+      <ns>:r:{r<bucket>}:<restaurant_id>  10 x float32, float64 lat, float64 lon     56 bytes
+      <ns>:meta                        JSON: schema, source dataset and checksum, counts, created_at
+
+  float32 features are exact (the parquet columns hold float32-rounded doubles) and coordinates
+  keep float64 so distances are not rounded.
+- The same layout serves one node and a Redis Cluster. Users spread over every hash slot by
+  their whole key, so 100M users spread over the masters. Restaurants carry a hash tag, one of
+  16 buckets (restaurant_id mod 16), so a request's ~1,000 candidates become 16 MGETs, each
+  within one slot, sent as one batch per node (`platform.redis_client.on_nodes`).
+- Reloads never expose half-written data: `materialize.py` writes a whole new namespace
+  (`f<N>`, N from INCR) and only then flips the pointer `mlsys:features:current` with one SET.
+  Every key a request reads is inside one namespace, so it cannot mix two loads; see
+  `OnlineStore.fetch` for how each mode also never reads a namespace that is being deleted.
+  Old namespaces, and half-written ones from crashed loads, are deleted with SCAN + UNLINK
+  right after the switch (`keep=1`), so Redis holds two copies only while a reload runs.
+- Single-entity updates (`entity_updates.py`) overwrite one key in the current
+  namespace, so the very next request sees them. An update racing a reload lands in the old
+  namespace and is lost with it; re-apply updates after a reload.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from itertools import compress, repeat
+from operator import is_not
+
+import numpy as np
+
+from mlsys.errors import MlsysError
+from mlsys.files import JsonIn
+from mlsys.platform.redis_client import Command, RedisClient, is_cluster, key_slot, on_nodes
+from mlsys.recommender.model import RESTAURANT_FEATURES, USER_FEATURES
+from mlsys.recommender.ranking import Rows
+
+POINTER_KEY = "mlsys:features:current"
+SEQ_KEY = "mlsys:features:seq"
+NAMESPACES_KEY = "mlsys:features:namespaces"
+FORMAT = "mlsys-online-store/2"
+RESTAURANT_BUCKETS = 16  # hash tags: a request's restaurants are this many MGETs in a cluster
+_BUCKET_SLOTS = [key_slot(f"{{r{b}}}") for b in range(RESTAURANT_BUCKETS)]
+_POINTER_SLOT = key_slot(POINTER_KEY)
+
+USER_DTYPE = np.dtype([("features", "<f4", (len(USER_FEATURES),))])
+RESTAURANT_DTYPE = np.dtype(
+    [("features", "<f4", (len(RESTAURANT_FEATURES),)), ("latitude", "<f8"), ("longitude", "<f8")]
+)
+
+
+class FeatureStoreError(MlsysError):
+    """The online store is unreachable, empty or holds something we do not understand."""
+
+
+def decode(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def schema() -> JsonIn:
+    """The binary layout, written into `<ns>:meta` so another reader can decode the values."""
+    return {
+        "format": FORMAT,
+        "byte_order": "little",
+        "entities": {
+            "user": {
+                "key": "<ns>:u:<user_id>",
+                "fields": [[name, "float32"] for name in USER_FEATURES],
+                "bytes": USER_DTYPE.itemsize,
+            },
+            "restaurant": {
+                "key": "<ns>:r:{r<bucket>}:<restaurant_id>",
+                "bucket": f"restaurant_id mod {RESTAURANT_BUCKETS}",
+                "fields": [[name, "float32"] for name in RESTAURANT_FEATURES]
+                + [["latitude", "float64"], ["longitude", "float64"]],
+                "bytes": RESTAURANT_DTYPE.itemsize,
+            },
+        },
+    }
+
+
+def current_namespace(client: RedisClient) -> str | None:
+    return decode(client.get(POINTER_KEY))
+
+
+def read_meta(client: RedisClient, namespace: str | None = None) -> JsonIn | None:
+    ns = namespace or current_namespace(client)
+    if ns is None:
+        return None
+    raw = client.get(f"{ns}:meta")
+    return None if raw is None else dict(json.loads(raw))
+
+
+# ---------------------------------------------------------------- keys
+
+
+def user_key(ns: str, user_id: int) -> str:
+    return f"{ns}:u:{int(user_id)}"
+
+
+def restaurant_prefix(ns: str, bucket: int) -> str:
+    return f"{ns}:r:{{r{bucket}}}:"
+
+
+def restaurant_key(ns: str, restaurant_id: int) -> str:
+    rid = int(restaurant_id)
+    return restaurant_prefix(ns, rid % RESTAURANT_BUCKETS) + str(rid)
+
+
+# ---------------------------------------------------------------- the request-time read
+
+
+class OnlineStore:
+    """The serving side of the store: one round trip per request, to each node involved.
+
+    Why a request can never mix two loads or meet a namespace half deleted:
+
+    - One node: the namespace is cached and re-validated on every request inside the same
+      transaction (MULTI; GET pointer; GET user; MGET candidates; EXEC), which Redis runs
+      atomically. If the pointer moved (a reload finished), the reads are repeated under the
+      new namespace, so a request pays a second round trip only right after a reload.
+    - A cluster: no transaction spans nodes, so the pointer is read in the same parallel round
+      as the rows, and the rows are read under the cached namespace. Every key lies inside it,
+      so the rows cannot mix loads. A key that comes back missing may be unknown, or may belong
+      to a namespace that a reload retired and started deleting meanwhile: then the pointer is
+      read once more, and if it moved, the request is read again under the new one. (Pointers
+      only ever move forward, so an unchanged pointer proves the namespace was current
+      throughout.) Known entities cost no second round trip.
+    """
+
+    def __init__(self, client: RedisClient) -> None:
+        self.client = client
+        self._ns: str | None = None
+        self._cluster = is_cluster(client)
+
+    def namespace(self) -> str:
+        ns = current_namespace(self.client)
+        if ns is None:
+            raise FeatureStoreError("the online store is empty: run `mlsys features load` first")
+        self._ns = ns
+        return ns
+
+    def fetch(self, user_id: int, candidate_ids: Sequence[int]) -> Rows:
+        ns = self._ns or self.namespace()
+        read = self._read_cluster if self._cluster else self._read_node
+        for _ in range(3):
+            pointer, user, blobs = read(ns, user_id, candidate_ids)
+            if pointer == ns and self._cluster and (user is None or None in blobs):
+                pointer = current_namespace(self.client)
+            if pointer is None:
+                raise FeatureStoreError("the online store is empty: run `mlsys features load`")
+            if pointer == ns:
+                return _rows(ns, user, blobs)
+            ns = self._ns = pointer
+        raise FeatureStoreError(  # pragma: no cover - three reloads within one request
+            "the feature namespace kept changing; try again"
+        )
+
+    def _read_node(
+        self, ns: str, user_id: int, candidate_ids: Sequence[int]
+    ) -> tuple[str | None, bytes | None, list[bytes | None]]:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.get(POINTER_KEY)
+        pipe.get(user_key(ns, user_id))
+        if candidate_ids:
+            # map() over C-level callables: no Python bytecode runs per candidate.
+            prefixes = [restaurant_prefix(ns, b) for b in range(RESTAURANT_BUCKETS)]
+            buckets = map(RESTAURANT_BUCKETS.__rmod__, candidate_ids)
+            keys = map(str.__add__, map(prefixes.__getitem__, buckets), map(str, candidate_ids))
+            pipe.execute_command("MGET", *keys)
+        replies = pipe.execute()
+        return decode(replies[0]), replies[1], replies[2] if candidate_ids else []
+
+    def _read_cluster(
+        self, ns: str, user_id: int, candidate_ids: Sequence[int]
+    ) -> tuple[str | None, bytes | None, list[bytes | None]]:
+        ukey = user_key(ns, user_id)
+        groups: list[tuple[int, Command]] = [
+            (_POINTER_SLOT, ("GET", POINTER_KEY)),
+            (key_slot(ukey), ("GET", ukey)),
+        ]
+        ids = np.asarray(candidate_ids, dtype=np.int64)
+        buckets = ids % RESTAURANT_BUCKETS
+        order = np.argsort(buckets, kind="stable")
+        counts = np.bincount(buckets, minlength=RESTAURANT_BUCKETS)
+        in_order = ids[order].tolist()
+        start = 0
+        for bucket in np.flatnonzero(counts).tolist():
+            stop = start + int(counts[bucket])
+            prefix = restaurant_prefix(ns, bucket)
+            keys = map(prefix.__add__, map(str, in_order[start:stop]))
+            groups.append((_BUCKET_SLOTS[bucket], ("MGET", *keys)))
+            start = stop
+        replies = on_nodes(self.client, groups)
+        by_bucket = [blob for reply in replies[2:] for blob in reply]
+        inverse = np.empty(len(ids), dtype=np.intp)
+        inverse[order] = np.arange(len(ids))
+        blobs = list(map(by_bucket.__getitem__, inverse.tolist()))
+        return decode(replies[0]), replies[1], blobs
+
+
+def _rows(ns: str, user_blob: bytes | None, blobs: list[bytes | None]) -> Rows:
+    user = None if user_blob is None else np.frombuffer(user_blob, dtype=USER_DTYPE)["features"][0]
+    n = len(blobs)
+    missing = blobs.count(None)
+    if missing:
+        known = np.fromiter(map(is_not, blobs, repeat(None)), dtype=bool, count=n)
+        positions = np.flatnonzero(known)
+        payload = b"".join(compress(blobs, known))  # type: ignore[arg-type]
+    else:
+        positions = np.arange(n)
+        payload = b"".join(blobs)  # type: ignore[arg-type]
+    rows = np.frombuffer(payload, dtype=RESTAURANT_DTYPE)
+    return Rows(
+        namespace=ns,
+        user=user,
+        positions=positions,
+        features=rows["features"],
+        latitude=rows["latitude"],
+        longitude=rows["longitude"],
+        unknown=missing,
+    )
+
+
+def iter_namespaces(client: RedisClient) -> Iterator[str]:
+    for n in client.lrange(NAMESPACES_KEY, 0, -1):
+        name = decode(n)
+        if name:
+            yield name
