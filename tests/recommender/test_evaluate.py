@@ -20,7 +20,10 @@ def test_roc_auc_matches_sklearn_with_ties() -> None:
     rng = np.random.default_rng(0)
     scores = np.round(rng.normal(size=5000), 1).astype(np.float32)  # many ties
     labels = rng.random(5000) < 1 / (1 + np.exp(-scores))
-    assert roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    want = roc_auc_score(labels, scores)
+    assert roc_auc(scores, labels) == pytest.approx(want, abs=1e-12)
+    assert roc_auc(scores, labels, chunk=7) == pytest.approx(want, abs=1e-12)  # in pieces
+    assert np.isnan(roc_auc(scores, np.zeros(5000, dtype=bool)))  # one class: undefined
 
 
 def test_streamed_metrics_equal_the_plain_computation(tiny_data: Path) -> None:

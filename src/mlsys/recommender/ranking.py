@@ -118,7 +118,7 @@ class Rows:
     def in_memory(
         cls,
         user: FloatMatrix,
-        candidate_ids: npt.NDArray[np.int64],
+        candidate_ids: IdArray | npt.NDArray[np.int32],
         restaurants: FloatMatrix,
         locations: Float64Array,
     ) -> Rows:

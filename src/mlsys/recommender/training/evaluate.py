@@ -33,25 +33,30 @@ EVALUATION_FILE = "evaluation.json"
 RELIABILITY_FILE = "reliability.png"
 CALIBRATION_BINS = 15
 EVAL_BATCH = 8192
+EVAL_CHUNK_BATCHES = 2  # 2.6 MB chunks: memory, not speed, is what a bigger chunk buys
 
 
-def roc_auc(scores: npt.NDArray[np.float32], labels: npt.NDArray[np.bool_]) -> float:
-    """Exact ROC-AUC by the rank-sum (Mann-Whitney) statistic, ties counted half."""
-    n_pos = int(labels.sum())
-    n_neg = len(labels) - n_pos
+def roc_auc(
+    scores: npt.NDArray[np.float32], labels: npt.NDArray[np.bool_], chunk: int = 1 << 20
+) -> float:
+    """Exact ROC-AUC by the Mann-Whitney statistic, ties counted half: for every positive, the
+    negatives scored below it (a binary search in the sorted negatives), plus half of those
+    scored the same.
+
+    Memory is the sorted negatives, the positives' scores and a chunk of positives at a time
+    (~40 MB for the 5M full-scale test rows), not ranks of every row (~300 MB)."""
+    negatives = np.sort(scores[~labels])
+    positives = scores[labels]
+    n_pos, n_neg = len(positives), len(negatives)
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(scores, kind="stable")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    # Average ranks over tied runs.
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [len(scores)]))
-    avg = (starts + ends + 1) / 2.0  # 1-based average rank of each run
-    ranks[order] = np.repeat(avg, ends - starts)
-    rank_sum = float(ranks[labels].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    below = 0.0
+    for start in range(0, n_pos, chunk):
+        part = positives[start : start + chunk]
+        lower = np.searchsorted(negatives, part, side="left")
+        upper = np.searchsorted(negatives, part, side="right")
+        below += float(lower.sum()) + 0.5 * float((upper - lower).sum())
+    return below / (n_pos * n_neg)
 
 
 def evaluate_model(
@@ -76,12 +81,13 @@ def evaluate_model(
     started = time.perf_counter()
     chunks = pooled_prefetch(
         lambda pool: iter_chunks(
-            dataset, tables, split, batch_size=EVAL_BATCH, chunk_batches=8, limit=limit_rows,
+            dataset, tables, split, batch_size=EVAL_BATCH, chunk_batches=EVAL_CHUNK_BATCHES,
+            limit=limit_rows,
             pool=pool,
         ),
-        rows=8 * EVAL_BATCH,
+        rows=EVAL_CHUNK_BATCHES * EVAL_BATCH,
     )  # fmt: skip
-    logits = torch.empty(8 * EVAL_BATCH)
+    logits = torch.empty(EVAL_CHUNK_BATCHES * EVAL_BATCH)
     with tqdm(total=total, unit="row", unit_scale=True, desc=f"evaluate {split}",
               disable=not progress, dynamic_ncols=True) as bar:  # fmt: skip
         for chunk in chunks:

@@ -82,14 +82,14 @@ def _request_profile(
 ) -> dict[str, Any]:
     """Up to `rows` requests of requests.parquet with a reachable candidate, met the way
     `ranking.reachable` meets them."""
-    from mlsys.recommender.ranking import Query, Rows, reachable
+    from mlsys.recommender.ranking import Rows, reachable
 
-    requests = dataset.request_rows()
+    requests = dataset.requests()
     locations = dataset.restaurant_locations()
     out: dict[str, list[float]] = {name: [] for name in REQUEST_COLUMNS}
-    for i in rng.permutation(len(requests)):
-        query = Query.of_request(requests[i])
-        cands = np.asarray(query.candidate_ids, dtype=np.int64)
+    for i in rng.permutation(len(requests)).tolist():
+        query = requests.query(i)
+        cands = requests.candidates_of(i)
         user = tables.users[query.user_id]
         reach = reachable(query, Rows.in_memory(user, cands, tables.restaurants, locations))
         if not len(reach.ids):  # such an answer carries no monitored row either
