@@ -33,6 +33,7 @@ def test_a_click_counts_once_and_only_for_a_shown_item(log_redis: Any) -> None:
     log.impression(
         {"request_id": "r1", "n": 1}, Exposure("r1", 7, "challenger", "e", "m/2", [10, 11, 12])
     )
+    assert log.flush()  # the writer ships off the caller's path
     assert log.click("r1", 11) == Click(2, "challenger")
     assert log.click("r1", 11) == "duplicate"
     assert log.click("r1", 99) == "not_in_response"
@@ -41,6 +42,7 @@ def test_a_click_counts_once_and_only_for_a_shown_item(log_redis: Any) -> None:
     # interleaving: the click is credited to the team that placed the item
     served = Exposure("r2", 7, "interleaved", "e", "m/1,m/2", [5, 6, 7], teams="bab")
     log.impression({"request_id": "r2", "n": 2}, served)
+    assert log.flush()
     assert log.click("r2", 5) == Click(1, "challenger")
     assert log.click("r2", 6) == Click(2, "champion")
     assert log_redis.xlen(stream_key(event_log.CLICKS)) == 3
@@ -55,6 +57,7 @@ def test_export_writes_each_entry_once_across_a_crash(
         log.impression(
             {"request_id": f"r{i}", "n": i}, Exposure(f"r{i}", i, "champion", "", "m", [i])
         )
+    assert log.flush()
     out = tmp_path / "export"
     schemas = {"impressions": SCHEMA, "clicks": CLICKS}
 
@@ -78,6 +81,7 @@ def test_export_writes_each_entry_once_across_a_crash(
         log.impression(
             {"request_id": f"r{i}", "n": i}, Exposure(f"r{i}", i, "champion", "", "m", [i])
         )
+    assert log.flush()
     assert export(log_redis, out, schemas, batch=300)["impressions"] == 200
     assert export(log_redis, out, schemas, batch=300)["impressions"] == 0
 
@@ -97,23 +101,50 @@ def test_a_second_consumer_group_keeps_its_entries_from_the_trim(
         log.impression(
             {"request_id": f"r{i}", "n": i}, Exposure(f"r{i}", i, "champion", "", "m", [i])
         )
+    assert log.flush()
     export(log_redis, tmp_path / "x", {"impressions": SCHEMA}, batch=4)
     assert log_redis.xlen(key) == 10  # "monitor" has read nothing yet
 
 
-def test_shadow_records_ride_with_the_next_impression(log_redis: Any) -> None:
-    log = EventLog(log_redis, max_len=1000, feedback_window_s=60)
-    shadow = stream_key(event_log.SHADOW)
-    assert log.shadow({"request_id": "s1"}) is True  # waiting: the caller schedules a flush
-    assert log_redis.xlen(shadow) == 0
-    log.impression({"request_id": "r1"}, Exposure("r1", 1, "champion", "e", "m", [1]))
-    assert log_redis.xlen(shadow) == 1  # written by the impression's script
-    for i in range(event_log.SHADOW_FLUSH_COUNT):
-        log.shadow({"request_id": f"s{i + 2}"})
-    assert log_redis.xlen(shadow) == 1 + event_log.SHADOW_FLUSH_COUNT  # full: flushed alone
-    log.shadow({"request_id": "last"})
-    log.flush_shadows()  # what the scheduled flush does
-    assert log_redis.xlen(shadow) == 2 + event_log.SHADOW_FLUSH_COUNT
+def test_records_ship_in_order_in_batches_and_survive_a_store_outage(tmp_path: Path) -> None:
+    """Impressions and shadows go through the writer: in order, several per round trip under
+    a burst; while the log's Redis is down nothing is lost (the writer retries in order), and
+    past its buffer the newest are dropped and counted."""
+    outcomes: dict[str, int] = {}
+    server = RedisServer(workdir=tmp_path / "log", appendonly=True).start()
+    client = redis.Redis.from_url(server.url, socket_timeout=0.2)
+
+    def count(outcome: str, n: int) -> None:
+        outcomes[outcome] = outcomes.get(outcome, 0) + n
+
+    log = EventLog(client, max_len=100_000, feedback_window_s=60, max_records=300, on_ship=count)
+    for i in range(200):
+        log.impression(
+            {"request_id": f"r{i}", "n": i}, Exposure(f"r{i}", 1, "champion", "", "m", [i])
+        )
+        if i % 50 == 0:
+            log.shadow({"request_id": f"r{i}", "shadow": True})
+    assert log.flush()
+    entries = log_entries(client, event_log.IMPRESSIONS)
+    assert [e["n"] for e in entries] == list(range(200))
+    assert len(log_entries(client, event_log.SHADOW)) == 4
+    assert outcomes["shipped"] == 204 and log.writer.stats.shipped == 204
+    server.stop()  # the log's Redis goes away: answers keep being logged into the buffer
+    for i in range(200, 600):
+        log.impression(
+            {"request_id": f"r{i}", "n": i}, Exposure(f"r{i}", 1, "champion", "", "m", [i])
+        )
+    assert not log.flush(timeout_s=0.5) and log.writer.buffered == 300
+    assert outcomes["dropped"] == 100 and outcomes["failed"] > 0  # the newest 100 went
+    server.start()  # same port, its append-only file replayed
+    assert log.flush(timeout_s=10)  # back: the buffer drains, in order
+    assert [e["n"] for e in log_entries(client, event_log.IMPRESSIONS)] == list(range(500))
+    log.close()
+    server.stop()
+
+
+def log_entries(client: Any, name: str) -> list[dict[str, Any]]:
+    return list(event_log.read_stream(client, name))
 
 
 def test_failed_requests_are_counted_per_arm(log_redis: Any) -> None:

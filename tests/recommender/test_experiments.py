@@ -162,7 +162,11 @@ def test_interleaving_merges_both_rankings_and_credits_clicks_to_the_team(server
         assert r.headers["x-model-version"] == f"{NAME}/1,{NAME}/2"
         ids = [x["id"] for x in r.json()["restaurants"]]
         assert len(ids) == len(set(ids)) == 20
-        served = server.log.hgetall("mlsys:served:interleave-test-1")
+        deadline = time.monotonic() + 5
+        served: dict[bytes, bytes] = {}
+        while not served and time.monotonic() < deadline:  # the writer ships it off the path
+            served = server.log.hgetall("mlsys:served:interleave-test-1")
+            time.sleep(0.01)
         teams = served[b"teams"].decode()
         assert len(teams) == 20 and set(teams) == {"a", "b"}
         for position in (1, 2, 3):
@@ -175,10 +179,7 @@ def test_interleaving_merges_both_rankings_and_credits_clicks_to_the_team(server
         by_distance = http.post("/recommend/5", json={**BODY, "sort_dist": True},
                                 headers={"x-request-id": "interleave-test-2"})  # fmt: skip
         assert by_distance.status_code == 200
-    logged = {}
-    for _, fields in server.log.xrevrange("mlsys:log:impressions", count=50):
-        record = json.loads(fields[b"json"])
-        logged[record["request_id"]] = record
+    logged = _impressions(server, {"interleave-test-1", "interleave-test-2"})
     assert logged["interleave-test-1"]["arms_agree"] is False
     assert logged["interleave-test-2"]["arms_agree"] is True  # a distance sort: no preference
 
@@ -291,3 +292,16 @@ def test_stop_returns_every_answer_to_the_champion(server: Server) -> None:
     _set_mode(server, "stop")
     seen = _arms_by_user(server, range(100), rounds=1)
     assert all(arms == {"champion"} for arms in seen.values()), dict(seen)
+
+
+def _impressions(server: Server, request_ids: set[str], timeout_s: float = 5.0) -> dict[str, Any]:
+    """The latest impressions by request id, once all of `request_ids` are in the log (the
+    writer ships them within milliseconds of the answers)."""
+    deadline = time.monotonic() + timeout_s
+    logged: dict[str, Any] = {}
+    while not request_ids <= set(logged) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        for _, fields in server.log.xrevrange("mlsys:log:impressions", count=200):
+            record = json.loads(fields[b"json"])
+            logged.setdefault(record["request_id"], record)
+    return logged

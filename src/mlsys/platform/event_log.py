@@ -2,24 +2,26 @@
 
 Streams (each entry one field, `json`, holding the record):
 
-- `mlsys:log:impressions`: one entry per 200 answer, appended *before* the answer is sent, by
-  one Lua script that also writes the request's served hash (`mlsys:served:REQUEST_ID`: the
-  shown items in order, arm, experiment, teams; expires after `feedback_window_s`), which is
-  what `POST /feedback` checks a click against;
+- `mlsys:log:impressions`: one entry per 200 answer, handed to the worker's writer
+  (`log_writer.py`) before the answer is sent and shipped by it off the request path, in
+  batches: one Lua script per batch appends the entries and writes each request's served hash
+  (`mlsys:served:REQUEST_ID`: the shown items in order, arm, experiment, teams; expires after
+  `feedback_window_s`), which is what `POST /feedback` checks a click against;
 - `mlsys:log:clicks`: one entry per accepted click, appended by a Lua script that checks the
   item was in that response and was not clicked before, and credits the arm (for interleaving,
   the team that put the item there), atomically;
 - `mlsys:log:shadow`: the challenger's ranking in shadow mode, computed after the answer has
-  gone out (so it never sits on the critical path), buffered, and written with the next
-  impression's script (or on its own within a second); joined to its impression by request
-  id.
+  gone out (so it never sits on the critical path) and shipped by the same writer, in the
+  same scripts; joined to its impression by request id.
 
-Both sides of the "log, then answer" order were considered: logging after the answer loses the
-impressions of any request whose worker dies in between; logging first can at worst leave one
-impression whose answer never arrived, for a request the client saw fail (the measurement in
-docs/experiments-report.md counts both). Each stream is capped (`XADD MAXLEN ~`) so the log's
-memory is bounded even if nobody exports; the export trims what every consumer group has
-acknowledged.
+The writer is what keeps the log off the request path: an answer waits for a deque append,
+not for the log's Redis (which may be slow, frozen or down: the writer retries, in order,
+while its buffer holds). Its loss bound is what it holds when its worker dies (see
+`log_writer.py`). A click that arrives before its answer's impression was shipped (within
+milliseconds of the answer) is retried by the API once the writer has had time to ship.
+
+Each stream is capped (`XADD MAXLEN ~`) so the log's memory is bounded even if nobody
+exports; the export trims what every consumer group has acknowledged.
 
 The log's Redis runs with an append-only file (`RedisServer(appendonly=True)`): see
 docs/experiments-report.md for what a crash loses.
@@ -36,12 +38,15 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from mlsys.files import JsonOut
+from mlsys.platform.log_writer import LogWriter
 from mlsys.platform.redis_client import RedisClient
 
 if TYPE_CHECKING:
@@ -65,21 +70,23 @@ EXPORT_GROUP = "export"
 EXPORT_CONSUMER = "exporter"
 PART_GLOB = "part-*.parquet"
 
-# KEYS: impressions stream, served hash, shadow stream. ARGV: record, stream cap, window s, arm,
-# experiment, teams, user, model, items as ",1,2,3," (positions are the order), then any
-# buffered shadow records.
-_IMPRESSION_SCRIPT = """
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'json', ARGV[1])
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'arm', ARGV[4], 'experiment', ARGV[5], 'teams', ARGV[6],
-  'user_id', ARGV[7], 'model', ARGV[8], 'items', ARGV[9])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-for i = 10, #ARGV do
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'json', ARGV[i])
+# A batch. KEYS: impressions stream, shadow stream, then one served hash per impression.
+# ARGV: stream cap, window s, impressions n, then per impression: record, arm, experiment,
+# teams, user, model, items as ",1,2,3," (positions are the order); then shadow records.
+_BATCH_SCRIPT = """
+local cap, window, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+for i = 0, n - 1 do
+  local a, served = 4 + i * 7, KEYS[3 + i]
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', cap, '*', 'json', ARGV[a])
+  redis.call('DEL', served)
+  redis.call('HSET', served, 'arm', ARGV[a + 1], 'experiment', ARGV[a + 2], 'teams',
+    ARGV[a + 3], 'user_id', ARGV[a + 4], 'model', ARGV[a + 5], 'items', ARGV[a + 6])
+  redis.call('EXPIRE', served, window)
+end
+for i = 4 + n * 7, #ARGV do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', cap, '*', 'json', ARGV[i])
 end
 """
-SHADOW_FLUSH_S = 1.0
-SHADOW_FLUSH_COUNT = 64
 
 # KEYS: served hash, clicks stream. ARGV: request id, item id, time ms, stream cap.
 # Returns {position, credited arm}, or {-1} unknown request, {-2} item not in it, {-3} duplicate.
@@ -131,30 +138,72 @@ class Click:
 
 
 class EventLog:
-    """The API's side of the log: append impressions, clicks, shadow rankings and errors."""
+    """The API's side of the log: impressions and shadow rankings through the writer, clicks
+    and errors directly (their caller needs the answer)."""
 
-    def __init__(self, client: RedisClient, max_len: int, feedback_window_s: int) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        max_len: int,
+        feedback_window_s: int,
+        *,
+        max_records: int = 100_000,
+        linger_s: float = 0.002,
+        on_ship: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.client = client
         self.max_len = max_len
         self.feedback_window_s = feedback_window_s
+        self.linger_s = linger_s
         self._click = client.register_script(_CLICK_SCRIPT)
-        self._impression = client.register_script(_IMPRESSION_SCRIPT)
-        self._shadows: list[str] = []  # shadow records waiting for a ride (see `shadow`)
-        self._shadows_since = 0.0
+        self._batch = client.register_script(_BATCH_SCRIPT)
+        self._on_ship = on_ship or (lambda outcome, n: None)
+        self.writer: LogWriter[tuple[JsonOut, Exposure | None]] = LogWriter(
+            self._ship, name="impressions", max_records=max_records, linger_s=linger_s
+        )
 
-    def impression(self, record: JsonOut, exposure: Exposure) -> None:
-        """One round trip, one script: the impression entry, the served hash (what was shown,
-        as one ",id,id," string, and its expiry), and the shadow records waiting. A script,
-        not a MULTI pipeline: the client encodes and sends one command instead of five, on the
-        request's path."""
-        items = "," + ",".join(map(str, exposure.items)) + ","
-        shadows, self._shadows = self._shadows, []
-        self._impression(
-            keys=[stream_key(IMPRESSIONS), SERVED_PREFIX + exposure.request_id, stream_key(SHADOW)],
-            args=[_dumps(record), self.max_len, self.feedback_window_s, exposure.arm,
-                  exposure.experiment, exposure.teams, exposure.user_id, exposure.model, items,
-                  *shadows],
-        )  # fmt: skip
+    def impression(self, record: JsonOut, exposure: Exposure) -> bool:
+        """Queue the answer's impression and served hash; False when the writer's buffer is
+        full and it was dropped (counted)."""
+        return self._put(record, exposure)
+
+    def shadow(self, record: JsonOut) -> bool:
+        """Queue a challenger's shadow ranking."""
+        return self._put(record, None)
+
+    def _put(self, record: JsonOut, exposure: Exposure | None) -> bool:
+        kept = self.writer.put((record, exposure))
+        if not kept:
+            self._on_ship("dropped", 1)
+        return kept
+
+    def flush(self, timeout_s: float = 1.0) -> bool:
+        """Wait until what was queued is in the log (True) or `timeout_s` passes."""
+        return self.writer.flush(timeout_s)
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        self.writer.close(timeout_s)
+
+    def _ship(self, batch: list[tuple[JsonOut, Exposure | None]]) -> None:
+        """One script for the whole batch: one round trip, one command for Redis to run."""
+        served, args, shadows = [], [], []
+        for record, exposure in batch:
+            if exposure is None:
+                shadows.append(_dumps(record))
+                continue
+            served.append(SERVED_PREFIX + exposure.request_id)
+            items = "," + ",".join(map(str, exposure.items)) + ","
+            args += [_dumps(record), exposure.arm, exposure.experiment, exposure.teams,
+                     exposure.user_id, exposure.model, items]  # fmt: skip
+        try:
+            self._batch(
+                keys=[stream_key(IMPRESSIONS), stream_key(SHADOW), *served],
+                args=[self.max_len, self.feedback_window_s, len(served), *args, *shadows],
+            )
+        except Exception:
+            self._on_ship("failed", len(batch))
+            raise
+        self._on_ship("shipped", len(batch))
 
     def click(self, request_id: str, item_id: int) -> Click | str:
         """The recorded click, or why it was refused (a CLICK_OUTCOMES value)."""
@@ -167,30 +216,6 @@ class EventLog:
             return CLICK_OUTCOMES[position]
         return Click(position, _text(result[1]))
 
-    def shadow(self, record: JsonOut) -> bool:
-        """Buffer a shadow record: it rides along with the next impression (no round trip of
-        its own), or goes on its own once it has waited SHADOW_FLUSH_S or SHADOW_FLUSH_COUNT
-        are waiting. A worker that dies loses what it buffered (at most a second of shadow
-        records, never an impression). True when records are left waiting: the caller then
-        schedules `flush_shadows` in SHADOW_FLUSH_S."""
-        if not self._shadows:
-            self._shadows_since = time.monotonic()
-        self._shadows.append(_dumps(record))
-        if (
-            len(self._shadows) >= SHADOW_FLUSH_COUNT
-            or time.monotonic() - self._shadows_since >= SHADOW_FLUSH_S
-        ):
-            self.flush_shadows()
-        return bool(self._shadows)
-
-    def flush_shadows(self) -> None:
-        shadows, self._shadows = self._shadows, []
-        if shadows:
-            pipe = self.client.pipeline(transaction=False)
-            for record in shadows:
-                pipe.xadd(stream_key(SHADOW), {"json": record}, maxlen=self.max_len)
-            pipe.execute()
-
     def error(self, experiment: str, arm: str) -> None:
         """A request of an experiment's arm that failed (guardrail: error rate per arm)."""
         self.client.hincrby(ERRORS_PREFIX + experiment, arm, 1)
@@ -202,8 +227,8 @@ def append(client: RedisClient, name: str, record: JsonOut, max_len: int) -> Non
     client.xadd(stream_key(name), {"json": _dumps(record)}, maxlen=max_len, approximate=True)
 
 
-def _dumps(record: JsonOut) -> str:
-    return json.dumps(record, separators=(",", ":"))
+def _dumps(record: JsonOut) -> bytes:
+    return orjson.dumps(record)
 
 
 def read_errors(client: RedisClient, experiment: str) -> dict[str, int]:

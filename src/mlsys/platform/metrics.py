@@ -95,8 +95,14 @@ SHADOW_REQUESTS = Counter(
 )
 IMPRESSIONS = Counter(
     "mlsys_impressions_total",
-    "Impressions appended to the log (logged), or lost because the log's Redis failed",
+    "Impressions handed to the log's writer (logged), or dropped because its buffer was full",
     ("outcome",),
+)
+LOG_RECORDS = Counter(
+    "mlsys_log_records",
+    "Log records by stream and what the worker's writer did with them: shipped to the log's "
+    "Redis, failed (a batch the writer will retry), dropped (its buffer was full)",
+    ("stream", "outcome"),
 )
 TAG_RECORDS = Counter(
     "mlsys_tag_records_total",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from typing import TYPE_CHECKING
 
@@ -111,6 +112,31 @@ def _add_serving_commands(verbs: Verbs) -> None:
         help="per worker: answer 503 at once beyond N connections+requests (load shedding)",
     )
 
+    p = verbs.add(
+        "bench",
+        "serve",
+        _bench_serve,
+        "this tree's API against another revision's, side by side: capacity ratio",
+    )
+    p.add_argument("data_dir", metavar="DATA_DIR", help="the dataset whose features are served")
+    p.add_argument("--model", required=True, metavar="MODEL_DIR")
+    p.add_argument(
+        "--against",
+        required=True,
+        metavar="REV",
+        help="a git revision, or . for this tree (with other --against-flags)",
+    )
+    p.add_argument("--flags", default="--log-redis {log_redis}",
+                   help="this tree's `mlsys serve` options (default: %(default)s; {log_redis} "
+                   "is a fresh append-only Redis)")  # fmt: skip
+    p.add_argument("--against-flags", default="", help="the other's options (default none)")
+    p.add_argument("--rates", default="30,100,200,300,400,500,600",
+                   help="requests per second, in turn (default %(default)s)")  # fmt: skip
+    p.add_argument("--duration", type=float, default=20.0, help="seconds per run")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workdir", default=None, help="where the worktree and servers live")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
     p = verbs.add_verb("loadtest", _loadtest)
     p.add_argument("url", metavar="URL", help="the API base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--requests", required=True, metavar="PARQUET", help="requests.parquet")
@@ -188,3 +214,49 @@ def _loadtest(args: argparse.Namespace) -> int:
     from mlsys.compose.loadtest import main
 
     return main(args)
+
+
+def _bench_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+    import tempfile
+
+    from mlsys.compose.bench_serve import THIS_TREE, Variant, bench_serve, table
+    from mlsys.errors import MlsysError
+
+    try:
+        rates = [float(r) for r in args.rates.split(",")]
+    except ValueError as exc:
+        raise MlsysError(f"--rates: {exc}") from exc
+    variants = [
+        Variant("this", THIS_TREE, args.flags),
+        Variant("against", args.against, args.against_flags),
+    ]
+    with contextlib.ExitStack() as stack:
+        work = args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-"))
+        sweeps = bench_serve(
+            args.data_dir,
+            args.model,
+            variants,
+            rates,
+            args.duration,
+            work,
+            workers=args.workers,
+            say=(lambda _: None) if args.json else print,
+        )
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "variant": dataclasses.asdict(s.variant),
+                        "capacity": s.capacity,
+                        "runs": [dataclasses.asdict(r) for r in s.runs],
+                    }
+                    for s in sweeps
+                ]
+            )
+        )
+        return 0
+    print(table(sweeps))
+    return 0

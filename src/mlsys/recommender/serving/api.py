@@ -24,6 +24,7 @@ worker follows the model name's rollout state. The arm that answered is in `X-Ar
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import time
@@ -78,10 +79,13 @@ class Recommend:
         )  # fmt: skip
         self.live.start()
         self.model_name = self.live.ref.name if self.live.ref is not None else "ranknet"
-        self.events = EventLog(stores.log, settings.log_max_len, settings.feedback_window_s)
+        self.events = EventLog(
+            stores.log, settings.log_max_len, settings.feedback_window_s,
+            on_ship=lambda outcome, n: metrics.log_records.labels("impressions", outcome).inc(n),
+        )  # fmt: skip
         self.rollout = None if self.live.ref is None else self._follow_rollout()
         latency = metrics.shadow_latency.labels(self.model_name)
-        shadows = Shadows(self.events, metrics.shadow_requests, latency, stores.errors)
+        shadows = Shadows(self.events, metrics.shadow_requests, latency)
         self.arms = Arms(shadows, settings.monitor_sample, settings.log_impressions)
 
     def _follow_rollout(self) -> RolloutFollower[LiveModel[Model]]:
@@ -151,12 +155,11 @@ class Recommend:
             )  # fmt: skip
             exposure = Exposure(request_id, user_id, got.arm, got.experiment, got.label,
                                 record["ids"], got.teams)  # fmt: skip
-            try:
-                self.events.impression(record, exposure)
+            if self.events.impression(record, exposure):  # queued: the writer ships it
                 m.impressions.labels("logged").inc()
-            except self.stores.errors as exc:  # the answer matters more than its log line
+            else:  # the writer's buffer is full (the log's Redis is down): counted, answered
                 m.impressions.labels("failed").inc()
-                log["log_error"] = f"{type(exc).__name__}: {exc}"
+                log["log_error"] = "impression dropped: the log writer's buffer is full"
         m.rollout_requests.labels(self.model_name, got.mode or "none", got.arm).inc()
         m.rollout_latency.labels(self.model_name, got.arm).observe(time.perf_counter() - started)
         headers = {"x-unknown-candidates": str(ranking.unknown), "x-model-version": got.label,
@@ -184,6 +187,12 @@ class Recommend:
             return invalid(exc)
         try:
             outcome = self.events.click(click.request_id, click.restaurant_id)
+            if outcome == "unknown_request":
+                # Its impression may still be on its way (a writer ships within milliseconds
+                # of the answer): this worker's first, then any worker's, then judge.
+                await asyncio.to_thread(self.events.flush, 0.05)
+                await asyncio.sleep(max(0.01, 4 * self.events.linger_s))
+                outcome = self.events.click(click.request_id, click.restaurant_id)
         except self.stores.errors as exc:
             counted.labels("unavailable").inc()
             return self.metrics.unavailable(exc)
@@ -211,8 +220,7 @@ class Recommend:
 
     def close(self) -> None:
         self.live.stop()
-        with contextlib.suppress(*self.stores.errors):
-            self.events.flush_shadows()
+        self.events.close()
         if self.rollout is not None:
             self.rollout.stop()
 

@@ -10,7 +10,6 @@ scored by the model that answered.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from starlette.background import BackgroundTask
 
-from mlsys.platform.event_log import SHADOW_FLUSH_S, EventLog
+from mlsys.platform.event_log import EventLog
 from mlsys.platform.live_model import LiveModel, Served
 from mlsys.platform.rollout import Active, Arm, Mode, arm_for, hash_id, sampled
 from mlsys.recommender.ranking import Query, Ranking, Reachable, Rows, order, reachable
@@ -49,21 +48,18 @@ class Answer:
 
 
 class Shadows:
-    """The challenger's rankings in shadow mode, scored after the answer and logged in
-    batches (`EventLog.shadow` buffers them; a flush is scheduled on the event loop)."""
+    """The challenger's rankings in shadow mode, scored after the answer has gone out and
+    handed to the log's writer (`EventLog.shadow`)."""
 
     def __init__(
         self,
         events: EventLog,
         requests: Counter,  # by outcome: logged, failed
         latency: Histogram,  # scoring time, labelled with the model name already
-        errors: tuple[type[Exception], ...],
     ) -> None:
         self.events = events
         self.requests = requests
         self.latency = latency
-        self.errors = errors
-        self.flush_scheduled = False  # a flush of buffered shadow records is due
 
     def task(
         self, request_id: str, query: Query, reach: Reachable, challenger: Served[Model],
@@ -80,7 +76,7 @@ class Shadows:
         began = time.perf_counter()
         try:
             ranking = order(query, reach, challenger.model.scorer)
-            waiting = self.events.shadow(
+            kept = self.events.shadow(
                 {
                     "request_id": request_id, "ts_ms": int(time.time() * 1000),
                     "experiment": experiment, "model": challenger.label, "champion": champion,
@@ -89,21 +85,10 @@ class Shadows:
                     "shadow_ms": round((time.perf_counter() - began) * 1e3, 3),
                 }
             )  # fmt: skip
-            self.requests.labels("logged").inc()
-            if waiting and not self.flush_scheduled:
-                self.flush_scheduled = True
-                asyncio.get_running_loop().call_later(SHADOW_FLUSH_S, self.flush)
+            self.requests.labels("logged" if kept else "failed").inc()
         except Exception:  # never the answer's problem: it has been sent
             self.requests.labels("failed").inc()
         self.latency.observe(time.perf_counter() - began)
-
-    def flush(self) -> None:
-        """On the event loop, like every other use of `events`: no lock needed."""
-        self.flush_scheduled = False
-        try:
-            self.events.flush_shadows()
-        except self.errors:
-            self.requests.labels("failed").inc()
 
 
 class Arms:

@@ -37,6 +37,7 @@ class Metrics:
     feature_store_errors: Counter
     feedback: Counter
     impressions: Counter
+    log_records: Counter
     rollout_latency: Histogram
     rollout_requests: Counter
     shadow_latency: Histogram
@@ -48,7 +49,7 @@ class Metrics:
 
         return cls(
             m.CANDIDATES, m.FEATURE_FETCH, m.FEATURE_UPDATES, m.FEATURE_STORE_ERRORS, m.FEEDBACK,
-            m.IMPRESSIONS, m.ROLLOUT_LATENCY, m.ROLLOUT_REQUESTS, m.SHADOW_LATENCY,
+            m.IMPRESSIONS, m.LOG_RECORDS, m.ROLLOUT_LATENCY, m.ROLLOUT_REQUESTS, m.SHADOW_LATENCY,
             m.SHADOW_REQUESTS,
         )  # fmt: skip
 
