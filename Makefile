@@ -22,8 +22,11 @@ SCALE ?= full
 demo: install
 	$(VENV)/bin/mlsys demo --scale $(SCALE)
 
+# Two xdist workers, each test file on one of them (module fixtures start once): 5.4 min
+# instead of 12 on 2 cores (docs/performance.md).
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks perf_test notebooks/build_garment_tagging.py

@@ -142,3 +142,21 @@ def test_each_table_is_calibrated_on_its_own_and_one_too_small_is_left_out() -> 
     assert set(family.thresholds) == {"a", "b", "c"}
     window = {k: rng.standard_normal(100) for k in reference}
     assert set(window_drift(family, window)) == {"a", "b", "c"}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_chunks_wasserstein_at_once_equals_scipy_chunk_by_chunk(seed: int) -> None:
+    """Calibration computes every chunk's distance in one pass; the loop over scipy's
+    `wasserstein_distance` is the definition (ties, a skewed column, blocks of chunks)."""
+    from mlsys.platform.drift import _chunk_picks, _chunk_wasserstein, statistic
+
+    rng = np.random.default_rng(seed)
+    for ref in (
+        rng.normal(size=3000),
+        np.round(rng.normal(size=3000), 1),
+        rng.exponential(size=1500),
+    ):
+        picks = _chunk_picks(len(ref), 50, 120, seed)
+        fast = _chunk_wasserstein(ref, 50, picks)
+        slow = [statistic("wasserstein", ref[p[50:]], ref[p[:50]]) for p in picks]
+        np.testing.assert_allclose(fast, slow, rtol=1e-12)

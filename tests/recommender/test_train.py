@@ -179,7 +179,9 @@ def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(
     import sys
     import time
 
-    args = ["--epochs", "2", "--batch-size", "8", "--threads", "1", "--no-progress"]
+    # 1,000 small steps an epoch: epoch 2 runs long enough to be killed in, and no longer.
+    args = ["--epochs", "2", "--batch-size", "8", "--limit-rows", "8000", "--threads", "1",
+            "--no-progress", "--no-eval"]  # fmt: skip
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "mlsys", "train", "ranknet", str(tiny_data), "--out", str(out)]
     proc = subprocess.Popen([*cmd, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -194,7 +196,7 @@ def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(
 
     assert main(["train", "ranknet", str(tiny_data), "--out", str(out), "--resume", *args]) == 0
     quiet = {"progress": False, "evaluate_test": False, "log": lambda *_: None}
-    full = train(tiny_data, tmp_path / "full", _cfg(batch_size=8), **quiet)  # type: ignore[arg-type]
+    full = train(tiny_data, tmp_path / "full", _cfg(batch_size=8, limit_rows=8000), **quiet)  # type: ignore[arg-type]
     resumed, _ = load_ranknet(out)
     for key, want in full.model.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], want), key

@@ -148,7 +148,7 @@ class EventLog:
         feedback_window_s: int,
         *,
         max_records: int = 100_000,
-        linger_s: float = 0.002,
+        linger_s: float = 0.02,
         on_ship: Callable[[str, int], None] | None = None,
     ) -> None:
         self.client = client

@@ -1,11 +1,11 @@
 """Ship log records off the request path: a bounded buffer in the worker, drained by one
 background thread in batches.
 
-A request appends its record (`put`: a lock, a deque append, no I/O) and answers; the thread
-wakes when records wait, gathers up to `max_batch` of them, waits `linger_s` for more while
-fewer are waiting, and hands the batch to `ship` (one round trip, e.g. a Redis pipeline). At
-30 rps a batch is one record and the wait is a few milliseconds; under load a batch carries
-many records in one round trip, which is where the CPU goes down.
+A request appends its record (`put`: a lock, a deque append, no I/O) and answers; every
+`linger_s` (or at once when `max_batch` are waiting) the thread takes what waits, up to
+`max_batch`, and hands it to `ship` (one round trip, e.g. a Redis pipeline). At 30 rps a
+batch is one record, shipped within a few milliseconds; under load a batch carries many
+records in one round trip, which is where the CPU goes down.
 
 Failures: when `ship` raises (the log's store is down or frozen), the batch stays at the
 front, and the thread retries with a growing pause (`retry_s` doubling to `max_retry_s`), in
@@ -48,7 +48,7 @@ class LogWriter(Generic[T]):
         name: str = "log",
         max_records: int = 100_000,
         max_batch: int = 256,
-        linger_s: float = 0.002,
+        linger_s: float = 0.005,
         retry_s: float = 0.05,
         max_retry_s: float = 1.0,
     ) -> None:
@@ -83,8 +83,8 @@ class LogWriter(Generic[T]):
                 self.stats.dropped += 1
                 return False
             self._queue.append(record)
-            if len(self._queue) == 1 or len(self._queue) >= self.max_batch:
-                self._cond.notify()
+            if len(self._queue) >= self.max_batch:
+                self._cond.notify()  # a full batch goes at once; otherwise the next tick takes it
             return True
 
     def flush(self, timeout_s: float = 1.0) -> bool:
@@ -109,13 +109,13 @@ class LogWriter(Generic[T]):
 
     def _take(self) -> list[T] | None:
         with self._cond:
+            # A tick every `linger_s`, not a wake-up per record: at a few hundred answers a
+            # second, waking the thread for each one cost more CPU than shipping it.
+            self._cond.wait(self.linger_s)
             while not self._queue and not self._closing:
-                self._cond.wait()
+                self._cond.wait(self.linger_s)
             if not self._queue:
                 return None
-            if len(self._queue) < self.max_batch and self.linger_s:
-                # Let a burst gather into one round trip (a put at max_batch wakes us early).
-                self._cond.wait(self.linger_s)
             batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
             self._inflight = len(batch)
             return batch

@@ -191,7 +191,7 @@ class Recommend:
                 # Its impression may still be on its way (a writer ships within milliseconds
                 # of the answer): this worker's first, then any worker's, then judge.
                 await asyncio.to_thread(self.events.flush, 0.05)
-                await asyncio.sleep(max(0.01, 4 * self.events.linger_s))
+                await asyncio.sleep(2.5 * self.events.linger_s)
                 outcome = self.events.click(click.request_id, click.restaurant_id)
         except self.stores.errors as exc:
             counted.labels("unavailable").inc()
