@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from mlsys.errors import MlsysError
 
@@ -55,11 +56,21 @@ COMMAND_MODULES: tuple[str, ...] = (
 Handler = Callable[[argparse.Namespace], int | None]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line naming what is wrong (argparse prints the whole usage first,
+    which buries it); `--help` still shows everything. Exit code 2, nothing run."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 class Verbs:
     """Gives command modules a place under each verb without knowing argparse plumbing."""
 
     def __init__(self, parser: argparse.ArgumentParser) -> None:
-        self._top = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+        self._top = parser.add_subparsers(
+            dest="verb", metavar="COMMAND", required=True, parser_class=OneLineParser
+        )
         self._verbs: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
         self._leaf: dict[str, argparse.ArgumentParser] = {}
         for name, help_text in VERBS.items():
@@ -69,7 +80,7 @@ class Verbs:
         """Add `mlsys VERB NOUN ...`; returns the parser so the caller adds its arguments."""
         if verb not in self._verbs:
             self._verbs[verb] = self._leaf[verb].add_subparsers(
-                dest="noun", metavar="WHAT", required=True
+                dest="noun", metavar="WHAT", required=True, parser_class=OneLineParser
             )
         sub = self._verbs[verb].add_parser(noun, help=help, description=help)
         sub.set_defaults(handler=handler)
@@ -83,7 +94,7 @@ class Verbs:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mlsys",
         description="Restaurant recommendation and garment tagging, trained and served.",
     )

@@ -234,7 +234,7 @@ def test_version_1_of_two_registries_are_two_models_in_one_cache(
 
     fetched = []
     for i, model in enumerate(ranknets):
-        other = Registry(f"sqlite:///{tmp_path / f'other-{i}.db'}")
+        other = Registry(f"sqlite:///{tmp_path / f'other-{i}.db'}", create=True)
         version = other.register(model, "same-name", model_card(model))
         assert version == "1"
         fetched.append(other.download(other.version("same-name", "1")))

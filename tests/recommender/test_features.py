@@ -181,7 +181,8 @@ def test_cli_reports_unreachable_redis(capsys: Any, tiny_data: Path) -> None:
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     assert main(["features", "load", str(tiny_data), "--redis", url]) == 1
-    assert "redis at" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--redis {url}" in err[0]  # one line, naming the store
 
 
 @pytest.fixture(scope="module")

@@ -170,7 +170,9 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "6 labelled, 3 test" in printed and "ceiling" in printed
     assert main(args) == 1  # exists: refused with a one-line error
     assert "--force" in capsys.readouterr().err
-    assert main(["generate", "garments", str(tmp_path / "x"), "--count", "0"]) == 1
+    with pytest.raises(SystemExit) as refused:  # the parser's range check
+        main(["generate", "garments", str(tmp_path / "x"), "--count", "0"])
+    assert refused.value.code == 2 and not (tmp_path / "x").exists()
 
 
 def test_images_decode_and_vary(garments: Path) -> None:

@@ -65,7 +65,7 @@ def run_demo(workdir: str | Path, scale: str = "full") -> int:
     from mlsys.platform.registry import CHAMPION, Registry
 
     _step("4. register it: models:/ranknet@champion")
-    registry = Registry()
+    registry = Registry(create=True)
     version = registry.register(model_dir, "ranknet", model_card(model_dir))
     registry.set_alias("ranknet", CHAMPION, version, "demo: the trained champion", probe)
     print(f"ranknet version {version} is champion (registry {os.environ['MLFLOW_TRACKING_URI']})")

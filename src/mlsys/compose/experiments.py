@@ -15,10 +15,20 @@ from mlsys.platform.rollout import Guardrails, Mode, RolloutState, RolloutStore
 from mlsys.recommender.online.experiment_results import Decision, ExperimentReport
 
 
-def log_client(url: str) -> RedisClient:
+def log_client(url: str, timeout_s: float = 5.0) -> RedisClient:
+    """The log's Redis, asked once (PING): a bad URL or a store that does not answer is one
+    line naming it, before a command changes anything."""
+    import redis
+
+    from mlsys.errors import MlsysError
     from mlsys.platform.redis_client import connect
 
-    return connect(url, timeout_s=10.0)
+    try:
+        client = connect(url, timeout_s=timeout_s)
+        client.ping()
+    except (redis.RedisError, ValueError, OSError) as exc:
+        raise MlsysError(f"--redis {url}: {type(exc).__name__}: {exc}") from None
+    return client
 
 
 @dataclass(frozen=True)
@@ -38,8 +48,9 @@ def start_rollout(
 ) -> Started:
     """Set `name`'s rollout (both aliases must resolve in the registry); a ramp of the same
     mode and challenger keeps the experiment."""
-    from mlsys.platform.registry import ModelRef, Registry
+    from mlsys.platform.registry import ModelRef, Registry, check_alias
 
+    check_alias(challenger)
     registry = Registry()
     champion = registry.resolve(ModelRef(name, alias="champion"))
     other = registry.resolve(ModelRef(name, alias=challenger))
@@ -81,7 +92,22 @@ def report_experiment(
     state = store.experiment(name, experiment)
     folder = Path(out or f"experiments/{state.experiment}")
     result = report(client, state, folder, log_dir=log_dir, n_opt=n_opt)
-    stopped = enforce and result.decision is Decision.GUARDRAIL
+    # `enforce` acts on the experiment reported, and only while it is the one running.
+    current = store.get(name)
+    stopped = (
+        enforce
+        and result.decision is Decision.GUARDRAIL
+        and current is not None
+        and current.experiment == state.experiment
+    )
     if stopped:
         store.stop(name)
     return Reported(result, folder, stopped)
+
+
+def stop_rollout(client: RedisClient, name: str) -> RolloutState | None:
+    """End `name`'s rollout (a registered model's only: a typo must not write history)."""
+    from mlsys.platform.registry import Registry
+
+    Registry().require(name)
+    return RolloutStore(client).stop(name)

@@ -100,7 +100,7 @@ def retrain(
     version = None
     aliased = False
     if register:
-        registry = Registry()
+        registry = Registry(create=True)
         version = registry.register(out_dir, name, model_card(out_dir), run_id=run.run_id)
         registry.tag_version(name, version, verdict.tags(forced=force and not verdict.passed))
         if verdict.passed or force:

@@ -114,11 +114,36 @@ def history_path(uri: str | None = None) -> Path:
     )
 
 
-class Registry:
-    """Register, list, alias, promote, roll back, and resolve model versions."""
+# What MLflow accepts as an alias, less what it reserves ("latest", and v<N>, which reads as a
+# version): checked here so a bad name is one line, not MLflow's traceback.
+_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,254}")
+_RESERVED_ALIAS = re.compile(r"latest|v\d+", re.IGNORECASE)
 
-    def __init__(self, uri: str | None = None) -> None:
+
+def check_alias(alias: str) -> str:
+    if not _ALIAS.fullmatch(alias) or _RESERVED_ALIAS.fullmatch(alias):
+        raise RegistryError(
+            f"alias {alias!r}: a letter, then letters, digits, _ or -; not 'latest' or v<N>"
+        )
+    return alias
+
+
+class Registry:
+    """Register, list, alias, promote, roll back, and resolve model versions.
+
+    A registry is created only by `create=True` (registering a version): a mistyped
+    $MLFLOW_TRACKING_URI to a sqlite file that does not exist is an error, not a new, empty
+    registry that every later command would quietly read."""
+
+    def __init__(self, uri: str | None = None, *, create: bool = False) -> None:
         self.uri = uri or tracking_uri()
+        if not create and self.uri.startswith("sqlite:///"):
+            db = Path(self.uri.removeprefix("sqlite:///"))
+            if not db.is_file():
+                raise RegistryError(
+                    f"no registry at {db} ($MLFLOW_TRACKING_URI); `mlsys models register` "
+                    "creates one"
+                )
         self.client = client(self.uri)
         from mlflow.exceptions import MlflowException
 
@@ -186,6 +211,7 @@ class Registry:
             raise RegistryError(f"{name} has no version {version}") from exc
 
     def alias_target(self, name: str, alias: str) -> str | None:
+        check_alias(alias)
         try:
             return str(self.client.get_model_version_by_alias(name, alias).version)
         except self._not_found:  # no such alias, or no such name
@@ -233,6 +259,7 @@ class Registry:
         self, name: str, alias: str, version: str, reason: str, probe: Probe | None = None
     ) -> None:
         """Point `alias` at `version`; a gated alias (champion) first re-probes the version."""
+        check_alias(alias)
         info = self.version(name, version)
         if alias in GATED_ALIASES:
             if probe is None:
@@ -299,6 +326,7 @@ class Registry:
 
     def delete_alias(self, name: str, alias: str, reason: str) -> None:
         """Take an alias off (promoted, or a challenger rolled back); recorded in the history."""
+        check_alias(alias)
         before = self.alias_target(name, alias)
         if before is not None:
             self.client.delete_registered_model_alias(name, alias)
@@ -325,6 +353,11 @@ class Registry:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def require(self, name: str) -> None:
+        """One line when `name` is not a registered model."""
+        if self._registered(name) is None:
+            raise RegistryError(f"no registered model named {name!r}")
 
     def _registered(self, name: str) -> Any | None:
         try:

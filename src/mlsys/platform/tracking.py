@@ -55,6 +55,10 @@ def artifact_location(experiment: str, uri: str | None = None) -> str | None:
 def client(uri: str | None = None) -> Any:
     """An MlflowClient for `uri` (default `tracking_uri()`), tracking and registry alike."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A tracking server that refuses or hangs is an error within seconds, not after MLflow's
+    # default 7 retries with backoff (a refused URI hung a command for minutes).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     from mlflow import MlflowClient
 
     # After the import, which configures mlflow's logger: schema creation narrates at INFO.

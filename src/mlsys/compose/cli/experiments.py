@@ -12,6 +12,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
+from mlsys.compose.cli import checks as C
 from mlsys.platform.rollout import MODES
 from mlsys.platform.settings import LOG_REDIS_HELP, log_redis_url_from_env
 
@@ -36,27 +37,27 @@ def add_commands(verbs: Verbs) -> None:
         if mode in MODES:
             p.add_argument("--challenger", default="challenger", metavar="ALIAS")
             share = "shadow, interleave: share of requests; canary, ab: share of users"
-            p.add_argument("--percent", type=float, default=None, metavar="P", help=share)
-            p.add_argument("--max-p95-ms", type=float, default=5.0,
+            p.add_argument("--percent", type=C.percent, default=None, metavar="P", help=share)
+            p.add_argument("--max-p95-ms", type=C.finite, default=5.0,
                            help="guardrail: challenger p95 over the champion's (ms)")  # fmt: skip
-            p.add_argument("--max-error-rate", type=float, default=0.01,
+            p.add_argument("--max-error-rate", type=C.share, default=0.01,
                            help="guardrail: challenger error rate over the champion's")  # fmt: skip
         p.set_defaults(mode=mode)
 
     p = verbs.add("log", "export", _export, "write the impression and click log to parquet")
     p.add_argument("out", metavar="OUT_DIR")
     p.add_argument("--redis", default=log_redis_url_from_env(), metavar="URL", help=LOG_REDIS_HELP)
-    p.add_argument("--batch", type=int, default=50_000, help="entries per parquet part")
+    p.add_argument("--batch", type=C.count(1), default=50_000, help="entries per parquet part")
     p.add_argument("--no-trim", action="store_true",
                    help="keep exported entries in the streams")  # fmt: skip
 
     p = verbs.add("simulate", "users", _simulate, "replay users who click by the true rule")
     p.add_argument("url", metavar="URL", help="the API, e.g. http://127.0.0.1:8000")
     p.add_argument("--data", required=True, metavar="DATA_DIR", help="the generated dataset")
-    p.add_argument("--rate", type=float, default=30.0, help="requests per second")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per HTTP request")
+    p.add_argument("--rate", type=C.positive, default=30.0, help="requests per second")
+    p.add_argument("--duration", type=C.positive, default=60.0, help="seconds")
+    p.add_argument("--seed", type=C.count(0), default=0)
+    p.add_argument("--timeout", type=C.positive, default=5.0, help="seconds per HTTP request")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = verbs.add("experiment", "report", _report, "analyse an online experiment")
@@ -67,7 +68,7 @@ def add_commands(verbs: Verbs) -> None:
     p.add_argument("--log", default=None, metavar="DIR",
                    help="an export folder to read before the streams")  # fmt: skip
     p.add_argument("--redis", default=log_redis_url_from_env(), metavar="URL", help=LOG_REDIS_HELP)
-    p.add_argument("--n-opt", type=float, default=None, metavar="N",
+    p.add_argument("--n-opt", type=C.positive, default=None, metavar="N",
                    help="where the always-valid intervals are tightest (default by mode: "
                    "2000 for A/B and canary, 200 for interleaving)")  # fmt: skip
     p.add_argument("--enforce", action="store_true",
@@ -87,7 +88,9 @@ def _rollout(args: argparse.Namespace) -> int:
                           "history": store.history(args.name)[-10:]}, indent=2))  # fmt: skip
         return 0
     if args.mode == "stop":
-        old = store.stop(args.name)
+        from mlsys.compose.experiments import stop_rollout
+
+        old = stop_rollout(client, args.name)
         print(f"{args.name}: rollout stopped" + (f" (was {old.experiment})" if old else ""))
         return 0
     started = start_rollout(

@@ -55,15 +55,15 @@ def add_commands(verbs: Verbs) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def _registry() -> Registry:
+def _registry(create: bool = False) -> Registry:
     from mlsys.platform.registry import Registry
 
-    return Registry()
+    return Registry(create=create)
 
 
 def _register(args: argparse.Namespace) -> int:
     card = model_card(args.model_dir)
-    registry = _registry()
+    registry = _registry(create=True)  # the one command that may start a registry
     version = registry.register(args.model_dir, args.name, card)
     print(f"registered {args.name} version {version} ({card.kind} {card.file_version})")
     if args.alias:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlsys.compose.cli import checks as C
 from mlsys.platform.settings import LOG_REDIS_HELP, log_redis_url_from_env
 
 if TYPE_CHECKING:
@@ -31,10 +32,10 @@ def add_commands(verbs: Verbs) -> None:
         p.add_argument("name", metavar="NAME", help="registered model name, e.g. ranknet")
         p.add_argument("--redis", default=log_redis_url_from_env(), metavar="URL",
                        help=LOG_REDIS_HELP)  # fmt: skip
-        p.add_argument("--window", type=int, default=None, metavar="N",
+        p.add_argument("--window", type=C.count(1), default=None, metavar="N",
                        help="answers per window (default: 500 for a recommender, 200 for a "
                        "tagger)")  # fmt: skip
-        p.add_argument("--settle", type=float, default=None, metavar="S",
+        p.add_argument("--settle", type=C.non_negative, default=None, metavar="S",
                        help="judge a recommender window once its last answer is S seconds "
                        "old, so that its clicks are in (default 60)")  # fmt: skip
         p.add_argument("--reference", default=None, metavar="DIR",
@@ -55,9 +56,11 @@ def add_commands(verbs: Verbs) -> None:
     p.add_argument("data_dir", metavar="DATA_DIR", help="the data the model was trained on")
 
     p = parsers["run"]
-    p.add_argument("--port", type=int, default=MONITOR_PORT, help="Prometheus scrape port")
+    p.add_argument("--port", type=C.count(0), default=MONITOR_PORT, help="Prometheus scrape port")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--every", type=float, default=10.0, metavar="S", help="seconds between reads")
+    p.add_argument(
+        "--every", type=C.positive, default=10.0, metavar="S", help="seconds between reads"
+    )
     p.add_argument("--once", action="store_true", help="one pass, print the gauges, exit")
 
 

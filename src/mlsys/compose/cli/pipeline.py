@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlsys.compose.cli import checks as C
 from mlsys.compose.pipeline_state import (
     FORCEABLE,
     STEPS,
@@ -35,34 +36,34 @@ def add_commands(verbs: Verbs) -> None:
     p.add_argument("--trigger", choices=("drift", "now"), default=defaults.trigger)
     p.add_argument(
         "--since-ms",
-        type=int,
+        type=C.count(0),
         default=None,
         metavar="MS",
         help="with --trigger now: learn from answers since then (epoch ms)",
     )
-    p.add_argument("--drift-window", type=int, default=None, metavar="ANSWERS")
-    p.add_argument("--drift-settle", type=float, default=None, metavar="S")
-    p.add_argument("--window", type=float, default=defaults.window_min, metavar="MIN",
+    p.add_argument("--drift-window", type=C.count(1), default=None, metavar="ANSWERS")
+    p.add_argument("--drift-settle", type=C.non_negative, default=None, metavar="S")
+    p.add_argument("--window", type=C.positive, default=defaults.window_min, metavar="MIN",
                    help="a click counts if it came within MIN minutes of its answer")  # fmt: skip
-    p.add_argument("--holdout", type=float, default=defaults.holdout)
+    p.add_argument("--holdout", type=C.share, default=defaults.holdout)
     p.add_argument(
         "--min-answers",
-        type=int,
+        type=C.count(0),
         default=defaults.min_answers,
         metavar="N",
         help="wait for N labelled answers since the trigger before training",
     )
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--epochs", type=C.count(1), default=defaults.epochs)
+    p.add_argument("--lr", type=C.positive, default=defaults.lr)
     p.add_argument("--ips", action="store_true", help="the gate weights clicks by position")
-    p.add_argument("--shadow-answers", type=int, default=defaults.shadow_answers)
-    p.add_argument("--canary-percent", type=float, default=defaults.canary_percent)
-    p.add_argument("--canary-answers", type=int, default=defaults.canary_answers)
-    p.add_argument("--max-p95-ms", type=float, default=defaults.max_p95_ms,
+    p.add_argument("--shadow-answers", type=C.count(1), default=defaults.shadow_answers)
+    p.add_argument("--canary-percent", type=C.percent, default=defaults.canary_percent)
+    p.add_argument("--canary-answers", type=C.count(1), default=defaults.canary_answers)
+    p.add_argument("--max-p95-ms", type=C.finite, default=defaults.max_p95_ms,
                    help="guardrail: challenger p95 over the champion's (ms)")  # fmt: skip
-    p.add_argument("--max-error-rate", type=float, default=defaults.max_error_rate)
-    p.add_argument("--poll", type=float, default=defaults.poll_s, metavar="S")
-    p.add_argument("--step-timeout", type=float, default=defaults.step_timeout_s, metavar="S")
+    p.add_argument("--max-error-rate", type=C.share, default=defaults.max_error_rate)
+    p.add_argument("--poll", type=C.positive, default=defaults.poll_s, metavar="S")
+    p.add_argument("--step-timeout", type=C.positive, default=defaults.step_timeout_s, metavar="S")
 
     p = verbs.add("pipeline", "status", _status, "show the loop's steps and events")
     p.add_argument("--workdir", required=True, metavar="DIR")

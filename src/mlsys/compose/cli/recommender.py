@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from mlsys.compose.cli import checks as C
 from mlsys.platform.settings import REDIS_HELP, redis_url_from_env
 
 if TYPE_CHECKING:
@@ -20,9 +21,13 @@ def add_commands(verbs: Verbs) -> None:
         default="small",
         help="tiny: unit tests; small: 1/100 of the rows; full: the kit's sizes",
     )
-    p.add_argument("--seed", type=int, default=7, help="7 reproduces the kit's feature tables")
+    p.add_argument(
+        "--seed", type=C.count(0), default=7, help="7 reproduces the kit's feature tables"
+    )
     p.add_argument("--force", action="store_true", help="replace an existing dataset")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument(
+        "--workers", type=C.count(1), default=None, help="processes (default: all cores)"
+    )
 
     p = verbs.add("generate", "drift", _generate_drift,
                   "write a drifted copy of a dataset (same ids) to test monitoring")  # fmt: skip
@@ -34,12 +39,12 @@ def add_commands(verbs: Verbs) -> None:
                    "clicks; new-restaurants: part of the catalogue redrawn")  # fmt: skip
     p.add_argument(
         "--strength",
-        type=float,
+        type=C.positive,
         default=None,
         help="covariate: shift in standard deviations (0.5); new-restaurants: share "
         "redrawn (0.3); concept: share of taste moved (1.0); prior: logit bias (1.0)",
     )
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=C.count(0), default=1)
     p.add_argument("--force", action="store_true", help="replace an existing OUT_DIR")
 
     p = verbs.add("validate", "data", _validate_data, "validate a click dataset directory")
@@ -54,7 +59,10 @@ def add_commands(verbs: Verbs) -> None:
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--out", default=None, help="output folder (default DATA_DIR/report)")
     p.add_argument(
-        "--sample-rows", type=int, default=1_000_000, help="click rows sampled for the report"
+        "--sample-rows",
+        type=C.count(1),
+        default=1_000_000,
+        help="click rows sampled for the report",
     )
     _add_feature_commands(verbs)
     _add_train_commands(verbs)
@@ -118,16 +126,16 @@ def _add_feature_commands(verbs: Verbs) -> None:
     p = verbs.add("features", "load", _features_load, "materialize the feature tables into Redis")
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--redis", default=redis_url_from_env(), metavar="URL", help=REDIS_HELP)
-    p.add_argument("--keep", type=int, default=1, help="namespaces kept after the switch")
-    p.add_argument("--batch", type=int, default=10_000, help="keys per MSET")
+    p.add_argument("--keep", type=C.count(1), default=1, help="namespaces kept after the switch")
+    p.add_argument("--batch", type=C.count(1), default=10_000, help="keys per MSET")
 
     p = verbs.add("features", "set", _features_set, "update one user's or restaurant's features")
     p.add_argument("entity", choices=("user", "restaurant"))
-    p.add_argument("entity_id", metavar="ID", type=int)
+    p.add_argument("entity_id", metavar="ID", type=C.entity_id)
     p.add_argument("--redis", default=redis_url_from_env(), metavar="URL", help=REDIS_HELP)
     p.add_argument("--features", default=None, help="comma-separated values (30 or 10)")
-    p.add_argument("--latitude", type=float, default=None, help="restaurants only")
-    p.add_argument("--longitude", type=float, default=None, help="restaurants only")
+    p.add_argument("--latitude", type=C.finite, default=None, help="restaurants only")
+    p.add_argument("--longitude", type=C.finite, default=None, help="restaurants only")
     p.add_argument(
         "--create",
         action="store_true",
@@ -146,8 +154,8 @@ def _redis(url: str) -> Any:
 
     try:
         return connect(url, timeout_s=30.0)
-    except redis.RedisError as exc:
-        raise MlsysError(f"redis at {url}: {exc}") from exc
+    except (redis.RedisError, ValueError, OSError) as exc:  # down, or not a Redis URL
+        raise MlsysError(f"--redis {url}: {type(exc).__name__}: {exc}") from None
 
 
 def _features_load(args: argparse.Namespace) -> int:
@@ -227,28 +235,30 @@ def _add_train_commands(verbs: Verbs) -> None:
     p = verbs.add("train", "ranknet", _train_ranknet, "train RankNet, streaming the click files")
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model.pt, model.json, ...")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--epochs", type=C.count(1), default=5)
+    p.add_argument("--batch-size", type=C.count(1), default=1024)
     p.add_argument(
         "--lr",
-        type=float,
+        type=C.positive,
         default=1e-8,
         help="Adam's learning rate (default: the task's 1e-8, which binds its benchmark; a "
         "retraining job may choose another, e.g. a challenger at 1e-3)",
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=C.count(0),
         default=0,
         help="torch threads (default: cores - 2, at least 1; see docs/training-report.md)",
     )
-    p.add_argument("--seed", type=int, default=0, help="init and shuffle seed")
+    p.add_argument("--seed", type=C.count(0), default=0, help="init and shuffle seed")
     p.add_argument("--no-shuffle", action="store_true", help="read rows in file order")
-    p.add_argument("--limit-rows", type=int, default=None, help="use the first N rows per epoch")
+    p.add_argument(
+        "--limit-rows", type=C.count(1), default=None, help="use the first N rows per epoch"
+    )
     p.add_argument("--init-from", default=None, metavar="MODEL", help="warm start from an artifact")
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint.pt")
     p.add_argument(
-        "--nproc", type=int, default=1, metavar="N",
+        "--nproc", type=C.count(1), default=1, metavar="N",
         help="data-parallel ranks on this machine (torch.distributed, gloo); each steps on "
         "1/N of every batch of --batch-size rows (across machines: torchrun)",
     )  # fmt: skip
@@ -264,8 +274,10 @@ def _add_train_commands(verbs: Verbs) -> None:
     p.add_argument("model", metavar="MODEL_DIR", help="a model directory or a bare kit model.pt")
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--out", default=None, help="output folder (default: next to the model)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default as training)")
-    p.add_argument("--limit-rows", type=int, default=None)
+    p.add_argument(
+        "--threads", type=C.count(0), default=0, help="torch threads (default as training)"
+    )
+    p.add_argument("--limit-rows", type=C.count(1), default=None)
     p.add_argument("--no-progress", action="store_true")
 
 

@@ -12,6 +12,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
+from mlsys.compose.cli import checks as C
 from mlsys.compose.retrain import retrain
 
 if TYPE_CHECKING:
@@ -24,13 +25,13 @@ def add_commands(verbs: Verbs) -> None:
     p.add_argument("out", metavar="OUT_DIR")
     p.add_argument("--features", required=True, metavar="DATA_DIR",
                    help="the dataset whose feature tables were served")  # fmt: skip
-    p.add_argument("--window", type=float, default=30.0, metavar="MIN",
+    p.add_argument("--window", type=C.positive, default=30.0, metavar="MIN",
                    help="a click counts if it came within MIN minutes of its answer")  # fmt: skip
-    p.add_argument("--holdout", type=float, default=0.2,
+    p.add_argument("--holdout", type=C.share, default=0.2,
                    help="the latest share of answers, held out for the gate")  # fmt: skip
     p.add_argument(
         "--since-ms",
-        type=int,
+        type=C.count(0),
         default=None,
         metavar="MS",
         help="only answers from this time on (epoch ms, as the log stores it)",
@@ -48,9 +49,11 @@ def add_commands(verbs: Verbs) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="from `mlsys data from-log`")
     p.add_argument("--out", required=True, metavar="MODEL_DIR")
     p.add_argument("--name", default="ranknet", help="registered model name")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam's learning rate for the fine-tune")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=C.count(1), default=2)
+    p.add_argument(
+        "--lr", type=C.positive, default=1e-4, help="Adam's learning rate for the fine-tune"
+    )
+    p.add_argument("--seed", type=C.count(0), default=0)
     p.add_argument("--ips", action="store_true",
                    help="the gate weights clicks by 1 / propensity (position bias)")  # fmt: skip
     p.add_argument(

@@ -8,6 +8,7 @@ import contextlib
 import os
 from typing import TYPE_CHECKING
 
+from mlsys.compose.cli import checks as C
 from mlsys.platform.settings import REDIS_HELP, Settings, redis_url_from_env
 
 if TYPE_CHECKING:
@@ -54,13 +55,15 @@ def _add_serving_commands(verbs: Verbs) -> None:
         help="do not log impressions or tag answers (no /feedback, no drift monitoring)",
     )  # fmt: skip
     p.add_argument(
-        "--monitor-sample", type=float, default=1.0, metavar="SHARE",
+        "--monitor-sample", type=C.share, default=1.0, metavar="SHARE",
         help="share of logged /recommend answers that carry a scored row for the drift "
         "monitor (default 1: every answer, ~0.4 KB)",
     )  # fmt: skip
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--port", type=C.count(0), default=8000)
+    p.add_argument(
+        "--workers", type=C.count(1), default=None, help="processes (default: all cores)"
+    )
     p.add_argument(
         "--tagger-model",
         default=None,
@@ -69,44 +72,44 @@ def _add_serving_commands(verbs: Verbs) -> None:
     )
     p.add_argument(
         "--model-refresh",
-        type=float,
+        type=C.positive,
         default=Settings.model_refresh_s,
         metavar="SECONDS",
         help="how often each worker re-resolves a models:/ alias (default %(default)s)",
     )
     p.add_argument(
         "--redis-timeout",
-        type=float,
+        type=C.positive,
         default=Settings.redis_timeout_s,
         metavar="SECONDS",
         help="Redis connect/read timeout; past it a request gets 503",
     )
-    p.add_argument("--max-body-bytes", type=int, default=Settings.max_body_bytes)
+    p.add_argument("--max-body-bytes", type=C.count(1), default=Settings.max_body_bytes)
     p.add_argument("--no-access-log", action="store_true", help="no JSON line per request")
     p.add_argument(
         "--header-timeout",
-        type=float,
+        type=C.positive,
         default=Settings.header_timeout_s,
         metavar="SECONDS",
         help="close a connection whose request headers take longer (default %(default)s)",
     )
     p.add_argument(
         "--body-timeout",
-        type=float,
+        type=C.positive,
         default=Settings.body_timeout_s,
         metavar="SECONDS",
         help="answer 408 when a request body takes longer (default %(default)s)",
     )
     p.add_argument(
         "--max-connections",
-        type=int,
+        type=C.count(1),
         default=Settings.max_connections,
         metavar="N",
         help="per worker: close new connections beyond N open ones (default %(default)s)",
     )
     p.add_argument(
         "--limit-concurrency",
-        type=int,
+        type=C.count(1),
         default=None,
         metavar="N",
         help="per worker: answer 503 at once beyond N connections+requests (load shedding)",
@@ -132,17 +135,19 @@ def _add_serving_commands(verbs: Verbs) -> None:
     p.add_argument("--against-flags", default="", help="the other's options (default none)")
     p.add_argument("--rates", default="30,100,200,300,400,500,600",
                    help="requests per second, in turn (default %(default)s)")  # fmt: skip
-    p.add_argument("--duration", type=float, default=20.0, help="seconds per run")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--duration", type=C.positive, default=20.0, help="seconds per run")
+    p.add_argument("--workers", type=C.count(1), default=2)
     p.add_argument("--workdir", default=None, help="where the worktree and servers live")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = verbs.add_verb("loadtest", _loadtest)
     p.add_argument("url", metavar="URL", help="the API base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--requests", required=True, metavar="PARQUET", help="requests.parquet")
-    p.add_argument("--rate", type=float, default=30.0, help="requests per second (open model)")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds per run or sweep step")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds before a request fails")
+    p.add_argument("--rate", type=C.positive, default=30.0, help="requests per second (open model)")
+    p.add_argument(
+        "--duration", type=C.positive, default=60.0, help="seconds per run or sweep step"
+    )
+    p.add_argument("--timeout", type=C.positive, default=5.0, help="seconds before a request fails")
     p.add_argument("--out", default="perf_test/results", help="folder for JSON and PNG")
     p.add_argument("--name", default=None, help="file stem (default loadtest-<rate>rps)")
     p.add_argument(

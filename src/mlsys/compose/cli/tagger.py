@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from mlsys.compose.cli import checks as C
+
 if TYPE_CHECKING:
     from mlsys.cli import Verbs
     from mlsys.platform.tracking import Run
@@ -27,16 +29,16 @@ def add_generate_commands(verbs: Verbs) -> None:
         "generate the procedural garment photo set (kit layout)",
     )
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--count", type=int, default=12_000, help="labelled items (data.parquet)")
+    p.add_argument("--count", type=C.count(1), default=12_000, help="labelled items (data.parquet)")
     p.add_argument(
         "--test-count",
-        type=int,
+        type=C.count(1),
         default=2_000,
         help="held-out items (test.parquet, labels in test_labels.parquet)",
     )
-    p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--seed", type=C.count(0), default=5)
     p.add_argument("--force", action="store_true", help="replace an existing directory")
-    p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    p.add_argument("--workers", type=C.count(1), default=2, help="processes (default 2)")
 
     p = verbs.add(
         "validate",
@@ -107,18 +109,18 @@ def add_model_commands(verbs: Verbs) -> None:
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="where the model goes")
     p.add_argument("--quick", action="store_true", help="tiny config: 64 px, 2 epochs (smoke)")
-    p.add_argument("--size", type=int, default=None, help="input resolution (default 160)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--views", type=int, default=None, help="cached views per image")
+    p.add_argument("--size", type=C.count(1), default=None, help="input resolution (default 160)")
+    p.add_argument("--epochs", type=C.count(1), default=None)
+    p.add_argument("--views", type=C.count(1), default=None, help="cached views per image")
     p.add_argument(
         "--tune-from-block",
-        type=int,
+        type=C.count(0),
         default=None,
         help="fine-tune blocks from this index on (0-15); earlier ones are cached",
     )
-    p.add_argument("--max-images", type=int, default=None, help="train on a subset")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-images", type=C.count(1), default=None, help="train on a subset")
+    p.add_argument("--threads", type=C.count(0), default=None)
+    p.add_argument("--seed", type=C.count(0), default=None)
     p.add_argument(
         "--no-track",
         action="store_true",
@@ -144,7 +146,7 @@ def add_model_commands(verbs: Verbs) -> None:
     p = verbs.add("bench", "tagger", _bench_tagger, "eager vs ONNX fp32 vs ONNX INT8 speed")
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--model", required=True, metavar="MODEL_DIR")
-    p.add_argument("--images", type=int, default=512, help="test images used")
+    p.add_argument("--images", type=C.count(1), default=512, help="test images used")
     p.add_argument("--out", default=None, help="JSON file for the results")
 
 

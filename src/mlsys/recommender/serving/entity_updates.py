@@ -75,6 +75,15 @@ def _check_coordinate(name: str, value: float | None) -> None:
         raise InvalidFeatures(name, problem)
 
 
+MAX_ENTITY_ID = 10**18 - 1  # what a path id can name: 1 to 18 digits (api_schemas.ID_PATTERN)
+
+
+def _check_id(name: str, value: int) -> None:
+    """An entity the API could never serve must not be created."""
+    if not 0 <= value <= MAX_ENTITY_ID:
+        raise InvalidFeatures(name, f"{value}: ids are 0 to {MAX_ENTITY_ID} (1 to 18 digits)")
+
+
 def set_user(
     client: RedisClient, user_id: int, features: Sequence[float], *, create: bool = False
 ) -> str:
@@ -83,6 +92,7 @@ def set_user(
     An unknown user is an error unless `create`: a typo in an id must not add an entity
     (SET ... XX makes the check and the write one atomic command).
     """
+    _check_id("user_id", user_id)
     ns = _require_namespace(client)
     row = np.empty(1, dtype=USER_DTYPE)
     row["features"][0] = _check_values("features", features, len(USER_FEATURES))
@@ -106,6 +116,7 @@ def set_restaurant(
     An unknown restaurant is an error unless `create`, and then it needs every part: a partial
     update has nothing to keep.
     """
+    _check_id("restaurant_id", restaurant_id)
     ns = _require_namespace(client)
     key = restaurant_key(ns, restaurant_id)
     _check_coordinate("latitude", latitude)
