@@ -119,7 +119,7 @@ def alias_server() -> Any:
 
     @contextlib.contextmanager
     def serve(name: str, store_url: str, work: Path) -> Iterator[tuple[str, Any, Any]]:
-        log = RedisServer(workdir=work / "log-redis", appendonly=True).start()
+        log = RedisServer(workdir=work / "log-redis", appendonly=True, maxmemory="1gb").start()
         port = free_port()
         proc = start_api(
             f"models:/{name}@champion", store_url, port=port, workers=2,

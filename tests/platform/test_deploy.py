@@ -227,10 +227,10 @@ def test_the_config_map_sets_settings_that_mlsys_reads() -> None:
     config = next(d for d in _manifests() if d["kind"] == "ConfigMap")["data"]
     fields = {PREFIX + f.upper() for f in Settings.__dataclass_fields__}
     assert {k for k in config if k.startswith(PREFIX)} <= fields
-    env = {"MLSYS_LOG_MAX_LEN": "1234", "MLSYS_LOG_REDIS_URL": "redis://log:6379/0"}
+    env = {"MLSYS_LOG_STREAM_MB": "12", "MLSYS_LOG_REDIS_URL": "redis://log:6379/0"}
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
         args = build_parser().parse_args(["serve", "--model", "m"])
         settings = serve_settings(args, "m", None)
-    assert settings.log_max_len == 1234 and settings.log_redis_url == "redis://log:6379/0"
+    assert settings.log_stream_mb == 12 and settings.log_redis_url == "redis://log:6379/0"

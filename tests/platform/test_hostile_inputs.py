@@ -377,6 +377,43 @@ def test_an_admin_update_of_an_unknown_entity_is_404_unless_asked_to_create(
 # ------------------------------------------------------------------ every case above, in the log
 
 
+def _raw(api: Api, request: bytes, chunk: int = 1 << 16) -> bytes:
+    """Send bytes as they are (no client library rewrites them); the answer, to EOF."""
+    with socket.create_connection(("127.0.0.1", api.port), timeout=5) as s:
+        try:
+            for start in range(0, len(request), chunk):
+                s.sendall(request[start : start + chunk])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed while we were still sending
+        out = b""
+        while part := s.recv(65536):
+            out += part
+    return out
+
+
+def test_a_trailing_slash_is_404_json_with_no_redirect_to_the_clients_host(api: Api) -> None:
+    answer = _raw(api, b"POST /recommend/1140/ HTTP/1.1\r\nHost: evil.example\r\n"
+                       b"content-length: 2\r\nconnection: close\r\n\r\n{}")  # fmt: skip
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404") and b"location" not in head.lower()
+    assert json.loads(body)["error"] == "not_found"
+
+
+def test_a_huge_header_is_431_json_before_it_ends(api: Api) -> None:
+    started = time.monotonic()
+    answer = _raw(api, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (8 << 20))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431") and time.monotonic() - started < 5
+    assert json.loads(body)["error"] == "headers_too_large"
+    assert httpx.get(f"{api.url}/healthz").status_code == 200
+
+
+def test_a_malformed_request_line_is_400_json(api: Api) -> None:
+    head, _, body = _raw(api, b"GARBAGE\x00 / HTTP/9\r\n\r\n").partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+    assert json.loads(body)["field"] == "request"
+
+
 def test_no_request_above_ended_in_a_500(api: Api) -> None:
     lines = [json.loads(x) for x in api.log_path.read_text().splitlines() if x.startswith("{")]
     statuses = [x["status"] for x in lines if "status" in x]

@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ import pytest
 import redis
 
 from mlsys.cli import main
+from mlsys.platform.event_log import CLICKS, read_stream
 
 pytestmark = pytest.mark.integration
 NAME = "ranknet-experiments"
@@ -160,28 +161,36 @@ def test_interleaving_merges_both_rankings_and_credits_clicks_to_the_team(server
         r = _recommend(http, 5, request_id="interleave-test-1")
         assert r.headers["x-arm"] == "interleaved"
         assert r.headers["x-model-version"] == f"{NAME}/1,{NAME}/2"
+        first = r.json()["answer_id"]
+        assert (
+            r.headers["x-answer-id"] == first and r.headers["x-request-id"] == "interleave-test-1"
+        )
         ids = [x["id"] for x in r.json()["restaurants"]]
         assert len(ids) == len(set(ids)) == 20
         deadline = time.monotonic() + 5
         served: dict[bytes, bytes] = {}
         while not served and time.monotonic() < deadline:  # the writer ships it off the path
-            served = server.log.hgetall("mlsys:served:interleave-test-1")
+            served = server.log.hgetall(f"mlsys:served:{first}")
             time.sleep(0.01)
         teams = served[b"teams"].decode()
         assert len(teams) == 20 and set(teams) == {"a", "b"}
         for position in (1, 2, 3):
-            f = http.post("/feedback", json={"request_id": "interleave-test-1",
+            f = http.post("/feedback", json={"answer_id": first, "user_id": 5,
                                              "restaurant_id": ids[position - 1]})  # fmt: skip
             assert f.status_code == 202
             team = teams[position - 1]
             credited = "champion" if team == "a" else "challenger"
-            assert f.json() == {"recorded": True, "position": position, "credited": credited}
+            assert f.json() == {"recorded": True, "status": "recorded", "position": position,
+                                "credited": credited}  # fmt: skip
         by_distance = http.post("/recommend/5", json={**BODY, "sort_dist": True},
                                 headers={"x-request-id": "interleave-test-2"})  # fmt: skip
         assert by_distance.status_code == 200
-    logged = _impressions(server, {"interleave-test-1", "interleave-test-2"})
-    assert logged["interleave-test-1"]["arms_agree"] is False
-    assert logged["interleave-test-2"]["arms_agree"] is True  # a distance sort: no preference
+        second = by_distance.json()["answer_id"]
+    logged = _impressions(server, {first, second})
+    assert logged[first]["arms_agree"] is False and logged[first]["correlation_id"] == (
+        "interleave-test-1"
+    )
+    assert logged[second]["arms_agree"] is True  # a distance sort: no preference
 
 
 def test_shadow_answers_with_the_champion_and_logs_the_challenger(server: Server) -> None:
@@ -191,14 +200,19 @@ def test_shadow_answers_with_the_champion_and_logs_the_challenger(server: Server
         before = server.log.xlen("mlsys:log:shadow")
         _set_mode(server, "shadow")
         r = _recommend(http, 9, request_id="shadow-test-1")
-        assert r.headers["x-arm"] == "champion" and r.json() == alone
+        answer = r.json()
+        assert r.headers["x-arm"] == "champion"
+        assert (
+            answer["restaurants"] == alone["restaurants"]
+            and answer["answer_id"] != alone["answer_id"]
+        )
         deadline = time.monotonic() + 5
         mine: list[dict[str, Any]] = []
         while not mine and time.monotonic() < deadline:  # written after the answer
             time.sleep(0.05)
             entries = server.log.xrevrange("mlsys:log:shadow", count=50)
             records = [json.loads(fields[b"json"]) for _, fields in entries]
-            mine = [x for x in records if x["request_id"] == "shadow-test-1"]
+            mine = [x for x in records if x["request_id"] == answer["answer_id"]]
         assert server.log.xlen("mlsys:log:shadow") > before + 20
         assert len(mine) == 1 and mine[0]["model"] == f"{NAME}/2"
         assert sorted(mine[0]["ids"]) != [] and mine[0]["champion"] == f"{NAME}/1"
@@ -210,22 +224,28 @@ def test_feedback_refuses_what_was_not_shown_and_names_the_field(server: Server)
     _set_mode(server, "stop")
     with httpx.Client(base_url=server.url, timeout=10) as http:
         r = _recommend(http, 3, request_id="feedback-test-1")
+        answer = r.json()["answer_id"]
         shown = [x["id"] for x in r.json()["restaurants"]]
         hidden = next(i for i in range(100) if i not in shown)
 
         def post(body: Any) -> httpx.Response:
             return http.post("/feedback", json=body)
 
-        ok = post({"request_id": "feedback-test-1", "restaurant_id": shown[0]})
+        def click(item: Any, user: Any = 3, answer_id: str = answer) -> dict[str, Any]:
+            return {"answer_id": answer_id, "user_id": user, "restaurant_id": item}
+
+        ok = post(click(shown[0]))
         assert ok.status_code == 202 and ok.json()["position"] == 1
         cases = [
-            ({"request_id": "feedback-test-1", "restaurant_id": shown[0]}, 409, "restaurant_id"),
-            ({"request_id": "feedback-test-1", "restaurant_id": hidden}, 422, "restaurant_id"),
-            ({"request_id": "never-served", "restaurant_id": shown[0]}, 404, "request_id"),
-            ({"request_id": "feedback-test-1", "restaurant_id": "7"}, 422, "restaurant_id"),
-            ({"request_id": "feedback-test-1", "restaurant_id": 1.5}, 422, "restaurant_id"),
-            ({"restaurant_id": shown[0]}, 422, "request_id"),
-            ({"request_id": "bad id!", "restaurant_id": shown[0]}, 422, "request_id"),
+            (click(shown[0]), 409, "restaurant_id"),
+            (click(shown[1], user=4), 422, "user_id"),  # another user's answer
+            (click(hidden), 422, "restaurant_id"),
+            (click(shown[0], answer_id="A" * 22), 404, "answer_id"),
+            (click(shown[0], answer_id="feedback-test-1"), 422, "answer_id"),  # a client's id
+            (click("7"), 422, "restaurant_id"),
+            (click(1.5), 422, "restaurant_id"),
+            ({"answer_id": answer, "restaurant_id": shown[0]}, 422, "user_id"),
+            ({"restaurant_id": shown[0], "user_id": 3}, 422, "answer_id"),
             ([1, 2], 422, "body"),
         ]
         for body, status, field in cases:
@@ -233,8 +253,43 @@ def test_feedback_refuses_what_was_not_shown_and_names_the_field(server: Server)
             assert got.status_code == status, (body, got.text)
             assert got.json()["field"] == field, (body, got.text)
         metrics = http.get("/metrics").text
-    for outcome in ("recorded", "duplicate", "not_in_response", "unknown_request", "invalid"):
+    for outcome in ("recorded", "duplicate", "not_in_response", "unknown_request", "invalid",
+                    "wrong_user"):  # fmt: skip
         assert f'mlsys_feedback_total{{outcome="{outcome}"}}' in metrics
+
+
+def test_a_client_chosen_id_keys_nothing_and_a_click_counts_once(server: Server) -> None:
+    """The attack of issue 35: one X-Request-ID sent by two users and re-sent 50 times, each
+    answer clicked again and again. Every answer gets its own server id; the first user's
+    click on their own answer still counts; each shown item counts one click per answer."""
+    _set_mode(server, "stop")
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        first = _recommend(http, 5, request_id="same").json()
+        other = _recommend(http, 6, request_id="same")
+        assert other.headers["x-request-id"] == "same"  # echoed, as a correlation id
+        assert other.json()["answer_id"] != first["answer_id"]
+        mine = {"answer_id": first["answer_id"], "user_id": 5,
+                "restaurant_id": first["restaurants"][0]["id"]}  # fmt: skip
+        assert http.post("/feedback", json=mine).status_code == 202
+
+        answers = [_recommend(http, 7, request_id="same").json() for _ in range(50)]
+        assert len({a["answer_id"] for a in answers}) == 50
+        statuses: Counter[int] = Counter()
+        for answer in answers:
+            item = answer["restaurants"][0]["id"]
+            for _ in range(3):  # the same click, again and again
+                body = {"answer_id": answer["answer_id"], "user_id": 7, "restaurant_id": item}
+                statuses[http.post("/feedback", json=body).status_code] += 1
+    assert statuses == {202: 50, 409: 100}
+    ids = {a["answer_id"] for a in answers}
+    deadline = time.monotonic() + 10  # a click held as pending is recorded within seconds
+    while True:
+        clicks = Counter(c["request_id"] for c in read_stream(server.log, CLICKS)
+                         if c["request_id"] in ids)  # fmt: skip
+        if len(clicks) == 50 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(clicks) == 50 and set(clicks.values()) == {1}
 
 
 def test_exported_impressions_equal_the_200_answers_across_a_killed_worker(
@@ -242,7 +297,9 @@ def test_exported_impressions_equal_the_200_answers_across_a_killed_worker(
 ) -> None:
     _set_mode(server, "ab")
     main(["log", "export", str(tmp_path / "before"), "--redis", server.log_url])  # drain
-    statuses: dict[str, int] = {}
+    statuses: dict[str, int] = {}  # by the client's X-Request-ID
+    answers: dict[str, str] = {}  # client id -> the answer id the server made
+
     stop = threading.Event()
 
     def traffic(worker: int) -> None:
@@ -251,7 +308,10 @@ def test_exported_impressions_equal_the_200_answers_across_a_killed_worker(
             while not stop.is_set():
                 rid = f"kill-{worker}-{i}"
                 try:
-                    statuses[rid] = _recommend(http, i % 500, request_id=rid).status_code
+                    r = _recommend(http, i % 500, request_id=rid)
+                    statuses[rid] = r.status_code
+                    if r.status_code == 200:
+                        answers[rid] = r.json()["answer_id"]
                 except httpx.HTTPError:
                     statuses[rid] = 0
                 i += 1
@@ -268,17 +328,25 @@ def test_exported_impressions_equal_the_200_answers_across_a_killed_worker(
     for t in threads:
         t.join()
 
-    out = tmp_path / "export"
-    assert main(["log", "export", str(out), "--redis", server.log_url]) == 0
     from mlsys.platform.event_log import read_parts
 
-    logged = {
-        rid for rid in read_parts(out / "impressions").column("request_id").to_pylist()
-        if rid.startswith("kill-")
-    }  # fmt: skip
+    # The killed worker's answers sit in its spool until a writer finds it (the restarted
+    # worker at its start, the other within 5 s): export until they are all in the log.
+    out = tmp_path / "export"
     answered = {rid for rid, status in statuses.items() if status == 200}
+    deadline = time.monotonic() + 30
+    while True:
+        assert main(["log", "export", str(out), "--redis", server.log_url]) == 0
+        table = read_parts(out / "impressions")
+        by_answer = dict(zip(table.column("request_id").to_pylist(),
+                             table.column("correlation_id").to_pylist(), strict=True))  # fmt: skip
+        logged = {rid for rid in by_answer.values() if rid.startswith("kill-")}
+        if answered <= logged or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     failed = {rid for rid, status in statuses.items() if status != 200}
     assert len(answered) > 200 and answered <= logged
+    assert all(by_answer[answers[rid]] == rid for rid in answered)  # keyed by the server's id
     # Every answer carries the drift monitor's scored row, scored by the model that answered.
     rows = read_parts(out / "impressions").select(["sample", "sample_model", "model"]).to_pylist()
     assert all(len(r["sample"]) == 40 and r["sample_model"] == r["model"] for r in rows)
@@ -286,6 +354,10 @@ def test_exported_impressions_equal_the_200_answers_across_a_killed_worker(
     assert len(logged - answered) <= 4  # one in-flight request per connection, at most
     with httpx.Client(base_url=server.url, timeout=10) as http:
         assert _recommend(http, 1).status_code == 200  # the server kept serving
+        # The dead worker's live gauges went with it (its pid used to stay forever).
+        info = [line for line in http.get("/metrics").text.splitlines()
+                if line.startswith("mlsys_model_info")]  # fmt: skip
+        assert info and not any(f'pid="{victim.pid}"' in line for line in info), info
 
 
 def test_stop_returns_every_answer_to_the_champion(server: Server) -> None:

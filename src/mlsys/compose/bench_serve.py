@@ -119,7 +119,7 @@ def started(
     env = {"PYTHONPATH": str(src)}
     folder = workdir / variant.label
     redis = RedisServer(workdir=folder / "redis").start()
-    log_redis = RedisServer(workdir=folder / "log-redis", appendonly=True).start()
+    log_redis = RedisServer(workdir=folder / "log-redis", appendonly=True, maxmemory="1gb").start()
     api: subprocess.Popen[bytes] | None = None
     try:
         _mlsys(env, "features", "load", str(data_dir), "--redis", redis.url)

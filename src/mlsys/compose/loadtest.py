@@ -102,16 +102,17 @@ class Connection:
         self.writer = writer
         self.idle_since = 0.0
 
-    async def roundtrip(self, payload: bytes) -> tuple[int, bool, str, int]:
+    async def roundtrip(self, payload: bytes) -> tuple[int, bool, str, int, str]:
         """Send one request, read the whole response; (status, keep-alive, X-Model-Version,
-        CRC-32 of the body: whether two answers were the same, without keeping them)."""
+        CRC-32 of the body: whether two answers were the same, without keeping them,
+        X-Answer-ID: the server's name for the answer, to find it in the log)."""
         self.writer.write(payload)
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
         length = 0
         keep = True
-        version = ""
+        version = answer = ""
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             lname = name.strip().lower()
@@ -121,8 +122,10 @@ class Connection:
                 keep = False
             elif lname == b"x-model-version":
                 version = value.strip().decode("latin-1")
+            elif lname == b"x-answer-id":
+                answer = value.strip().decode("latin-1")
         body = await self.reader.readexactly(length) if length else b""
-        return status, keep, version, zlib.crc32(body)
+        return status, keep, version, zlib.crc32(body), answer
 
     def close(self) -> None:
         self.writer.close()
@@ -138,6 +141,7 @@ class RunResult:
     send_lag: list[float] = field(default_factory=list)  # s the generator sent late
     model_version: list[str] = field(default_factory=list)  # X-Model-Version, "" if none
     body_crc: list[int] = field(default_factory=list)  # CRC-32 of the body, 0 if none
+    answer_id: list[str] = field(default_factory=list)  # X-Answer-ID, "" if none
     payload: list[int] = field(default_factory=list)  # which payload was sent
     started_at: float = 0.0  # time.monotonic() of the first due time
     wall: float = 0.0
@@ -161,7 +165,7 @@ async def _run(target: Target, payloads: list[bytes], rate: float, duration: flo
                 conn.close()
                 conn = None
         status = "error"
-        version = ""
+        version = answer = ""
         crc = 0
         try:
             if conn is None:
@@ -170,7 +174,7 @@ async def _run(target: Target, payloads: list[bytes], rate: float, duration: flo
                 )
                 conn = Connection(reader, writer)
                 result.connections += 1
-            code, keep, version, crc = await asyncio.wait_for(
+            code, keep, version, crc, answer = await asyncio.wait_for(
                 conn.roundtrip(payloads[i % len(payloads)]),
                 max(0.001, timeout - (loop.time() - due)),
             )
@@ -193,6 +197,7 @@ async def _run(target: Target, payloads: list[bytes], rate: float, duration: flo
         result.status.append(status)
         result.model_version.append(version)
         result.body_crc.append(crc)
+        result.answer_id.append(answer)
         result.payload.append(i % len(payloads))
 
     start = loop.time() + 0.05

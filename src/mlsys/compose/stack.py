@@ -152,7 +152,7 @@ def running_stack(
     api: subprocess.Popen[bytes] | None = None
     try:
         if log_redis:
-            log = RedisServer(workdir=work / "log-redis", appendonly=True).start()
+            log = RedisServer(workdir=work / "log-redis", appendonly=True, maxmemory="1gb").start()
             extra_args = [*extra_args, "--log-redis", log.url]
         meta = materialize(data_dir, connect(redis.url, timeout_s=30), progress=progress)
         port = port or free_port()

@@ -95,19 +95,28 @@ SHADOW_REQUESTS = Counter(
 )
 IMPRESSIONS = Counter(
     "mlsys_impressions_total",
-    "Impressions handed to the log's writer (logged), or dropped because its buffer was full",
+    "Impressions handed to the worker's log spool (logged), or dropped because its backlog "
+    "was full (failed; the answer is still sent)",
     ("outcome",),
 )
 LOG_RECORDS = Counter(
     "mlsys_log_records",
-    "Log records by stream and what the worker's writer did with them: shipped to the log's "
-    "Redis, failed (a batch the writer will retry), dropped (its buffer was full)",
+    "Log records by stream (recommender, tagger) and what the worker's writer did with them: "
+    "spooled (written to its spool file), shipped (in the log's Redis), recovered (shipped "
+    "from a dead worker's spool), dropped (the backlog was full), failed (batches retried); "
+    "click_* for pending clicks judged after an outage",
     ("stream", "outcome"),
+)
+LOG_BACKLOG = Gauge(
+    "mlsys_log_backlog_bytes",
+    "Bytes spooled by the live workers and not yet shipped to the log's Redis",
+    ("stream",),
+    multiprocess_mode="livesum",
 )
 TAG_RECORDS = Counter(
     "mlsys_tag_records_total",
-    "Answered /tag requests appended to the log for the drift monitor (logged), or not "
-    "(failed: the log's Redis failed; the answer is still sent)",
+    "Answered /tag requests whose record was spooled for the log (logged), or dropped because "
+    "the spool's backlog was full (failed; the answer is still sent)",
     ("outcome",),
 )
 FEEDBACK = Counter(
@@ -118,11 +127,29 @@ FEEDBACK = Counter(
 )
 
 
+def forget_dead_workers(folder: str) -> list[int]:
+    """Drop the live gauges (`mlsys_model_info`, ...) of workers that are gone: uvicorn
+    restarts a killed worker under a new pid, and without this the dead pid's series stayed
+    in /metrics forever. Counters and histograms keep what the dead worker counted."""
+    import re
+
+    import psutil
+    from prometheus_client import multiprocess
+
+    pids = {int(m.group(1)) for name in os.listdir(folder)
+            if (m := re.search(r"_(\d+)\.db$", name))}  # fmt: skip
+    dead = [pid for pid in pids if not psutil.pid_exists(pid)]
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]
+    return dead
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text: merged over all workers in multiprocess mode."""
     if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
 
+        forget_dead_workers(os.environ[MULTIPROC_ENV])
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -164,6 +164,9 @@ def create_app(settings: Settings, parts: list[Component]) -> Starlette:
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
+    # A path with a trailing slash is a 404 like any unknown path: Starlette would answer 307
+    # with a Location built from the client's own Host header.
+    app.router.redirect_slashes = False
     body_limits = tuple(
         (getattr(route, "path", "").split("{", 1)[0], part.max_body_bytes)
         for part in parts

@@ -7,9 +7,12 @@ same variables configure the container image (see Dockerfile / docker-compose.ym
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from mlsys.errors import MlsysError
 
@@ -44,14 +47,19 @@ class Settings:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 1000
+    max_header_bytes: int = 64 << 10  # request line + headers; past it: 431
     # The impression and click log (event_log.py) and the rollout state (rollout.py) live in
-    # this Redis, run with an append-only file; None: the feature store's. A stream keeps at
-    # most log_max_len entries (~0.5 KB each) until exported; a click counts when it comes
-    # within feedback_window_s of its impression.
+    # this Redis, run with an append-only file and a maxmemory; None: the feature store's. A
+    # stream keeps about log_stream_mb MiB until exported; a click counts when it comes
+    # within feedback_window_s of its impression. Each worker spools what it logs to a file
+    # in spool_dir (default: a folder of the system's temporary directory named after the log
+    # store) before shipping it, at most spool_max_mb MiB not yet shipped (log_writer.py).
     log_redis_url: str | None = None
     log_impressions: bool = True
-    log_max_len: int = 1_000_000
+    log_stream_mb: int = 256
     feedback_window_s: int = 600
+    spool_dir: str | None = None
+    spool_max_mb: int = 1024
     rollout_refresh_s: float = 1.0
     # Share of logged answers that carry one scored input row and its score, which the drift
     # monitor compares with the model's training reference (about 0.4 KB per answer).
@@ -100,3 +108,13 @@ def log_redis_url_from_env() -> str:
     """The default of `--redis` for commands on the log and rollout state (MLSYS_LOG_REDIS_URL,
     else the feature store's, as the server falls back)."""
     return os.environ.get(PREFIX + "LOG_REDIS_URL") or redis_url_from_env()
+
+
+def spool_dir_for(settings: Settings) -> Path:
+    """Where a server's workers spool their log records: `settings.spool_dir`, else a folder
+    named after the log store's URL, so a spool is only ever replayed into its own store."""
+    if settings.spool_dir:
+        return Path(settings.spool_dir)
+    url = settings.log_redis_url or settings.redis_url
+    digest = hashlib.blake2b(url.encode(), digest_size=6).hexdigest()
+    return Path(tempfile.gettempdir()) / "mlsys-spool" / digest

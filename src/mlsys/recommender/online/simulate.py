@@ -159,16 +159,22 @@ async def _run(
 
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
 
-        async def click(request_id: str, item: int) -> str | None:
+        async def click(answer_id: str, user: int, item: int) -> str | None:
+            """The arm the click was credited to; "pending" while the log is unreachable
+            (the server checks it later); None when refused or failed."""
             try:
                 r = await client.post(
-                    "/feedback", json={"request_id": request_id, "restaurant_id": item}
+                    "/feedback",
+                    json={"answer_id": answer_id, "user_id": user, "restaurant_id": item},
                 )
             except httpx.HTTPError as exc:
                 feedback[type(exc).__name__] += 1
                 return None
             feedback[str(r.status_code)] += 1
-            return str(r.json().get("credited")) if r.status_code == 202 else None
+            if r.status_code != 202:
+                return None
+            answer = r.json()
+            return str(answer["credited"]) if answer.get("recorded") else "pending"
 
         async def one(i: int) -> None:
             nonlocal done
@@ -195,7 +201,8 @@ async def _run(
                 return
             if arm != "interleaved":
                 user_arms[user].add(arm)
-            items = [int(x["id"]) for x in r.json()["restaurants"]]
+            answer = r.json()
+            items = [int(x["id"]) for x in answer["restaurants"]]
             rng = np.random.default_rng([seed, i])
             logit = population.logits(user, items)
             p = _sigmoid(logit)
@@ -206,7 +213,9 @@ async def _run(
             tally.expected += float(exam @ p)
             best = p if population.sort_dist[row] else np.sort(p)[::-1]
             tally.oracle += float(exam @ best)
-            credited = await asyncio.gather(*(click(request_id, it) for it in clicked))
+            credited = await asyncio.gather(
+                *(click(answer["answer_id"], user, it) for it in clicked)
+            )
             got = [c for c in credited if c is not None]
             tally.clicks += len(got)
             if arm == "interleaved":

@@ -35,11 +35,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mlsys.platform.event_log import EventLog, Exposure
+from mlsys.platform import answer_ids
+from mlsys.platform.event_log import Click, EventLog, Exposure
 from mlsys.platform.live_model import LiveModel
 from mlsys.platform.rollout import RolloutFollower, RolloutStore, arm_for
 from mlsys.platform.server import Component
-from mlsys.platform.settings import Settings
+from mlsys.platform.settings import Settings, spool_dir_for
 from mlsys.platform.validation import InvalidRequest, error_response, invalid, parse_body
 from mlsys.recommender.serving.api_schemas import (
     OPERATIONS,
@@ -80,8 +81,11 @@ class Recommend:
         self.live.start()
         self.model_name = self.live.ref.name if self.live.ref is not None else "ranknet"
         self.events = EventLog(
-            stores.log, settings.log_max_len, settings.feedback_window_s,
-            on_ship=lambda outcome, n: metrics.log_records.labels("impressions", outcome).inc(n),
+            stores.log, settings.log_stream_mb, settings.feedback_window_s,
+            spool_dir_for(settings), name="recommender",
+            spool_max_bytes=settings.spool_max_mb << 20,
+            on_outcome=lambda outcome, n: metrics.log_records.labels("recommender", outcome).inc(n),
+            on_backlog=metrics.log_backlog.labels("recommender").set,
         )  # fmt: skip
         self.rollout = None if self.live.ref is None else self._follow_rollout()
         latency = metrics.shadow_latency.labels(self.model_name)
@@ -119,7 +123,10 @@ class Recommend:
         started = time.perf_counter()
         # Read once: one request, one model version per arm, one rollout state.
         active = self.rollout.current if self.rollout is not None else None
-        request_id: str = request.scope["state"]["request_id"]
+        # The answer's key (its impression, its clicks) is made here, unguessable; the
+        # client's X-Request-ID only correlates, in the log and the response's headers.
+        request_id = answer_ids.mint()
+        log["answer_id"] = request_id
         try:
             rows = self.stores.store().fetch(user_id, query.candidate_ids)
         except self.stores.errors as exc:
@@ -151,23 +158,23 @@ class Recommend:
                 arm=got.arm, model=got.label, champion=champion.label, challenger=got.challenger,
                 teams=got.teams, arms_agree=got.arms_agree,
                 server_ms=(time.perf_counter() - started) * 1e3, reachable=got.reachable,
-                sample=got.sample,
+                sample=got.sample, correlation_id=request.scope["state"]["request_id"],
             )  # fmt: skip
             exposure = Exposure(request_id, user_id, got.arm, got.experiment, got.label,
                                 record["ids"], got.teams)  # fmt: skip
-            if self.events.impression(record, exposure):  # queued: the writer ships it
+            if self.events.impression(record, exposure):  # spooled: the writer ships it
                 m.impressions.labels("logged").inc()
-            else:  # the writer's buffer is full (the log's Redis is down): counted, answered
+            else:  # the spool's backlog is full (a long outage): counted, answered
                 m.impressions.labels("failed").inc()
-                log["log_error"] = "impression dropped: the log writer's buffer is full"
+                log["log_error"] = "impression dropped: the spool's backlog is full"
         m.rollout_requests.labels(self.model_name, got.mode or "none", got.arm).inc()
         m.rollout_latency.labels(self.model_name, got.arm).observe(time.perf_counter() - started)
         headers = {"x-unknown-candidates": str(ranking.unknown), "x-model-version": got.label,
-                   "x-arm": got.arm}  # fmt: skip
+                   "x-arm": got.arm, "x-answer-id": request_id}  # fmt: skip
         if got.experiment:
             headers["x-experiment"] = got.experiment
-        return Response(ranking.to_json(), media_type="application/json", headers=headers,
-                        background=got.background)  # fmt: skip
+        return Response(ranking.to_json(request_id), media_type="application/json",
+                        headers=headers, background=got.background)  # fmt: skip
 
     def failed(self, active: Experiment | None, user_id: int, request_id: str) -> None:
         """A request of an experiment that got no answer, counted for the arm it was assigned
@@ -185,26 +192,40 @@ class Recommend:
         except InvalidRequest as exc:
             counted.labels("invalid").inc()
             return invalid(exc)
+        answer, user, item = click.answer_id, click.user_id, click.restaurant_id
+        window = self.settings.feedback_window_s
+        in_flight = answer_ids.could_be_in_flight(answer, window)  # minted by us, recently
+        outcome: Click | str | None = None  # None: the log is unreachable
         try:
-            outcome = self.events.click(click.request_id, click.restaurant_id)
-            if outcome == "unknown_request":
-                # Its impression may still be on its way (a writer ships within milliseconds
-                # of the answer): this worker's first, then any worker's, then judge.
+            if self.events.writer.store_reachable:  # else held at once, without a wait
+                outcome = self.events.click(answer, user, item)
+            if outcome == "unknown_request" and in_flight:
+                # Its impression may still be on its way (a writer ships within one tick of
+                # the answer): this worker's first, then any worker's, then judge.
                 await asyncio.to_thread(self.events.flush, 0.05)
                 await asyncio.sleep(2.5 * self.events.linger_s)
-                outcome = self.events.click(click.request_id, click.restaurant_id)
-        except self.stores.errors as exc:
-            counted.labels("unavailable").inc()
-            return self.metrics.unavailable(exc)
+                outcome = self.events.click(answer, user, item)
+        except self.stores.errors:
+            outcome = None
+        if outcome is None or (outcome == "unknown_request" and in_flight):
+            # Unreachable, or an answer minted within the window that may sit in a spool not
+            # yet shipped (after an outage): held, and judged once the spools have shipped.
+            if not self.events.pending_click(answer, user, item):
+                counted.labels("unavailable").inc()
+                full = OSError("the click could not be checked and this worker's spool is full")
+                return self.metrics.unavailable(full, store="log")
+            counted.labels("pending").inc()
+            return JSONResponse({"recorded": False, "status": "pending"}, status_code=202)
         if not isinstance(outcome, str):
             counted.labels("recorded").inc()
-            body = {"recorded": True, "position": outcome.position, "credited": outcome.credited}
+            body = {"recorded": True, "status": "recorded", "position": outcome.position,
+                    "credited": outcome.credited}  # fmt: skip
             return JSONResponse(body, status_code=202)
         counted.labels(outcome).inc()
-        window = self.settings.feedback_window_s
         status, field, message = {
-            "unknown_request": (404, "request_id",
-                                f"no answer with this id within the feedback window ({window} s)"),
+            "unknown_request": (404, "answer_id",
+                                f"no answer of this server with this id in the last {window} s"),
+            "wrong_user": (422, "user_id", "that answer was for another user"),
             "not_in_response": (422, "restaurant_id", "was not in that answer"),
             "duplicate": (409, "restaurant_id", "this click was already recorded"),
         }[outcome]  # fmt: skip

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from mlsys.platform import answer_ids
 from mlsys.platform.openapi import Operation, Param
 from mlsys.platform.validation import INTEGRAL_ITEMS, InvalidRequest, JsonInt, parse_body
 from mlsys.recommender.data.values import FLOAT32_MAX
@@ -64,6 +65,10 @@ class Restaurant(BaseModel):
 
 class RecommendResponse(BaseModel):
     restaurants: list[Restaurant]
+    answer_id: str = Field(
+        description="this answer's id, made by the server (also X-Answer-ID): what a click "
+        "on one of its restaurants names in POST /feedback"
+    )
 
 
 class UserUpdate(BaseModel):
@@ -85,22 +90,31 @@ class RestaurantUpdate(BaseModel):
     longitude: float | None = Field(default=None, ge=-180, le=180)
 
 
-REQUEST_ID_PATTERN = r"[A-Za-z0-9._:-]{1,64}"
+ANSWER_ID_PATTERN = answer_ids.PATTERN
 
 
 class Feedback(BaseModel):
-    """POST /feedback: the user clicked `restaurant_id` in the answer to `request_id` (the
-    X-Request-ID of that /recommend response)."""
+    """POST /feedback: user `user_id` clicked `restaurant_id` in the answer `answer_id` (the
+    answer_id of that /recommend response, which the server made)."""
 
     model_config = STRICT
-    request_id: str = Field(pattern=f"^{REQUEST_ID_PATTERN}$")
+    answer_id: str = Field(pattern=f"^{ANSWER_ID_PATTERN}$")
+    user_id: Int64 = Field(description="the user the answer was for")
     restaurant_id: Int64
 
 
 class FeedbackRecorded(BaseModel):
-    recorded: bool
-    position: int = Field(description="1-based position of the restaurant in that answer")
-    credited: str = Field(description="the arm the click counts for: champion or challenger")
+    recorded: bool = Field(
+        description="checked and counted now; false while the log is unreachable (the click "
+        "is kept and checked when it is back: status pending)"
+    )
+    status: str = Field(description="recorded or pending")
+    position: int | None = Field(
+        default=None, description="1-based position of the restaurant in that answer"
+    )
+    credited: str | None = Field(
+        default=None, description="the arm the click counts for: champion or challenger"
+    )
 
 
 class Updated(BaseModel):
@@ -142,6 +156,7 @@ OPERATIONS = [
                                     "champion,challenger)",
                  "X-Arm": "champion, challenger or interleaved",
                  "X-Experiment": "the rollout experiment, when one runs",
+                 "X-Answer-ID": "this answer's id, made by the server (also in the body)",
                  "X-Unknown-Candidates": "candidates not in the store, skipped"},
     ),
     Operation(

@@ -22,7 +22,7 @@ from mlsys.platform.settings import Settings
 from mlsys.recommender.serving.online_store import FeatureStoreError, OnlineStore
 
 if TYPE_CHECKING:
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Counter, Gauge, Histogram
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Metrics:
     feedback: Counter
     impressions: Counter
     log_records: Counter
+    log_backlog: Gauge
     rollout_latency: Histogram
     rollout_requests: Counter
     shadow_latency: Histogram
@@ -49,14 +50,15 @@ class Metrics:
 
         return cls(
             m.CANDIDATES, m.FEATURE_FETCH, m.FEATURE_UPDATES, m.FEATURE_STORE_ERRORS, m.FEEDBACK,
-            m.IMPRESSIONS, m.LOG_RECORDS, m.ROLLOUT_LATENCY, m.ROLLOUT_REQUESTS, m.SHADOW_LATENCY,
-            m.SHADOW_REQUESTS,
+            m.IMPRESSIONS, m.LOG_RECORDS, m.LOG_BACKLOG, m.ROLLOUT_LATENCY, m.ROLLOUT_REQUESTS,
+            m.SHADOW_LATENCY, m.SHADOW_REQUESTS,
         )  # fmt: skip
 
-    def unavailable(self, exc: Exception) -> Response:
-        """503 for a store that failed; the client may try again in a second."""
-        self.feature_store_errors.labels(type(exc).__name__).inc()
-        body = {"error": "feature_store_unavailable", "message": f"{type(exc).__name__}: {exc}"}
+    def unavailable(self, exc: Exception, store: str = "feature_store") -> Response:
+        """503 naming the store that failed (feature_store or log); try again in a second."""
+        if store == "feature_store":
+            self.feature_store_errors.labels(type(exc).__name__).inc()
+        body = {"error": f"{store}_unavailable", "message": f"{type(exc).__name__}: {exc}"}
         return JSONResponse(body, status_code=503, headers={"retry-after": "1"})
 
 

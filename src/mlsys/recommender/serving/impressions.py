@@ -36,6 +36,7 @@ def schemas() -> dict[str, Any]:
         [
             ("stream_id", pa.string()),
             ("request_id", pa.string()),
+            ("correlation_id", pa.string()),
             ("ts_ms", pa.int64()),
             ("user_id", pa.int64()),
             ("experiment", pa.string()),
@@ -156,9 +157,11 @@ def impression(
     server_ms: float,
     reachable: int,
     sample: ScoredSample | None,
+    correlation_id: str = "",
 ) -> LogRecord:
     return {
         "request_id": request_id,
+        "correlation_id": correlation_id,
         "ts_ms": int(time.time() * 1000),
         "user_id": query.user_id,
         "experiment": experiment,

@@ -36,11 +36,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from mlsys.platform.event_log import TAGS, append
+from mlsys.platform import answer_ids
+from mlsys.platform.event_log import EventLog
 from mlsys.platform.live_model import LiveModel
 from mlsys.platform.openapi import Operation
 from mlsys.platform.server import Component
-from mlsys.platform.settings import Settings
+from mlsys.platform.settings import Settings, spool_dir_for
 from mlsys.platform.validation import InvalidRequest, error_response, invalid
 from mlsys.tagger.data.photo_stats import tag_record
 from mlsys.tagger.inference import TaggerModel, probe
@@ -170,8 +171,9 @@ class TagEndpoint:
         self._limiter: anyio.CapacityLimiter | None = None  # made on the worker's event loop
 
     def _tag(
-        self, model: TaggerModel, content_type: str, body: bytes, label: str, request_id: str
-    ) -> dict[str, Any]:
+        self, model: TaggerModel, content_type: str, body: bytes, label: str, request_id: str,
+        correlation_id: str,
+    ) -> dict[str, Any]:  # fmt: skip
         data = body
         if content_type.lower().startswith("multipart/"):
             data = image_from_multipart(content_type, body)
@@ -189,7 +191,7 @@ class TagEndpoint:
         )
         answer = model.describe(model.predict_images([img]))
         if self.log is not None:
-            self.log.write(data, img, answer, label, request_id)
+            self.log.write(data, img, answer, label, request_id, correlation_id)
         return answer
 
     async def handle(self, request: Request) -> Response:
@@ -220,10 +222,13 @@ class TagEndpoint:
         content_type = request.headers.get("content-type", "")
         served = self.live.current  # read once: one request, one model version
         try:
-            request_id = request.scope.get("state", {}).get("request_id", "")
+            # The answer's id is the server's (a seller's label will name it); the client's
+            # X-Request-ID only correlates.
+            answer_id = answer_ids.mint()
+            correlation_id = request.scope.get("state", {}).get("request_id", "")
             result = await anyio.to_thread.run_sync(
-                self._tag, served.model, content_type, body, served.label, request_id,
-                limiter=self._limiter,
+                self._tag, served.model, content_type, body, served.label, answer_id,
+                correlation_id, limiter=self._limiter,
             )  # fmt: skip
         except InvalidRequest as exc:
             return invalid(exc)
@@ -235,38 +240,42 @@ class TagEndpoint:
             return error_response(422, "unsupported_dimensions", "image", str(exc))
         except CorruptImageError as exc:
             return error_response(422, "corrupt_image", "image", str(exc))
-        return JSONResponse(result, headers={"x-model-version": served.label})
+        headers = {"x-model-version": served.label, "x-answer-id": answer_id}
+        return JSONResponse({**result, "answer_id": answer_id}, headers=headers)
 
 
 class TagLog:
-    """Appends each answer's `photo_stats.tag_record` to the log's Redis (the drift monitor reads
-    it), from the worker thread that tagged the photo. A failing Redis costs the record, never
-    the answer; it is counted."""
+    """Each answer's `photo_stats.tag_record` (the drift monitor reads it) into this worker's
+    spool, shipped to the log's Redis off the request path (`platform/event_log.py`). Only a
+    full spool costs the record, never the answer; it is counted."""
 
-    def __init__(self, url: str, max_len: int, timeout_s: float) -> None:
-        import redis
-
+    def __init__(self, settings: Settings, url: str) -> None:
         # Read here, when the worker builds its app: prometheus_client must not be imported
         # before `mlsys serve` has set its multiprocess folder (platform/metrics.py).
-        from mlsys.platform.metrics import TAG_RECORDS
+        from mlsys.platform.metrics import LOG_BACKLOG, LOG_RECORDS, TAG_RECORDS
+        from mlsys.platform.redis_client import connect_node
 
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
-        self.max_len = max_len
-        self.errors = (redis.RedisError, OSError)
+        self.events = EventLog(
+            connect_node(url, timeout_s=settings.redis_timeout_s), settings.log_stream_mb,
+            settings.feedback_window_s, spool_dir_for(settings), name="tagger",
+            spool_max_bytes=settings.spool_max_mb << 20,
+            on_outcome=lambda outcome, n: LOG_RECORDS.labels("tagger", outcome).inc(n),
+            on_backlog=LOG_BACKLOG.labels("tagger").set,
+        )  # fmt: skip
         self.logged, self.failed = TAG_RECORDS.labels("logged"), TAG_RECORDS.labels("failed")
 
     def write(
-        self, data: bytes, img: Any, answer: dict[str, Any], label: str, request_id: str
-    ) -> None:
-        record = {"request_id": request_id, "ts_ms": int(time.time() * 1000),
-                  **tag_record(data, img, answer, label)}  # fmt: skip
-        try:
-            append(self.client, TAGS, record, self.max_len)
-            self.logged.inc()
-        except self.errors:
-            self.failed.inc()
+        self, data: bytes, img: Any, answer: dict[str, Any], label: str, answer_id: str,
+        correlation_id: str,
+    ) -> None:  # fmt: skip
+        record = {
+            "request_id": answer_id, "correlation_id": correlation_id,
+            "ts_ms": int(time.time() * 1000), **tag_record(data, img, answer, label),
+        }  # fmt: skip
+        (self.logged if self.events.tag(record) else self.failed).inc()
+
+    def close(self) -> None:
+        self.events.close()
 
 
 def routes(live: LiveModel[TaggerModel], log: TagLog | None = None) -> list[BaseRoute]:
@@ -297,13 +306,19 @@ def component(settings: Settings) -> Component:
     url = settings.log_redis_url or (settings.redis_url if settings.model_dir else None)
     log = None
     if settings.log_impressions and url is not None:
-        log = TagLog(url, settings.log_max_len, settings.redis_timeout_s)
+        log = TagLog(settings, url)
+
+    def close() -> None:
+        live.stop()
+        if log is not None:
+            log.close()
+
     return Component(
         name="tagger",
         routes=routes(live, log),
         checks={"model": lambda: None},  # live_tagger raised if it could not load
         max_body_bytes=MAX_BODY_BYTES,
-        close=live.stop,
+        close=close,
         serving=lambda: live.current.label,
         operations=[OPERATION],
     )
@@ -330,6 +345,10 @@ class TagResponse(BaseModel):
     tags: dict[str, TagScore] = Field(description="polka dot, floral, checker")
     colour: Colour
     model_version: str
+    answer_id: str = Field(
+        description="this answer's id, made by the server (also X-Answer-ID): what a seller's "
+        "label for the photo will name"
+    )
 
 
 _BINARY = {"type": "string", "format": "binary"}
@@ -341,5 +360,6 @@ OPERATION = Operation(
                                 "required": ["file"]},
     },
     response=TagResponse, errors=(400, 408, 413, 415, 422, 503),
-    headers={"X-Model-Version": "NAME/VERSION of the model that answered"},
+    headers={"X-Model-Version": "NAME/VERSION of the model that answered",
+             "X-Answer-ID": "this answer's id, made by the server"},
 )  # fmt: skip
