@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from mlsys.platform import event_log
-from mlsys.platform.event_log import Click, EventLog, Exposure, export, read_parts, stream_key
+from mlsys.platform.event_log import Click, EventLog, Exposure, stream_key
+from mlsys.platform.log_export import export, read_parts
 from mlsys.platform.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -254,7 +255,7 @@ def test_a_batch_offered_again_lands_once(log_redis: Any, tmp_path: Path) -> Non
 
     log = EventLog(log_redis, 64, 60, tmp_path / "spool")
     log_redis.delete(stream_key(event_log.TAGS))
-    lines = [orjson.dumps(["t", {"request_id": f"t{i}"}]) for i in range(5)]
+    lines = [b"t\t" + orjson.dumps({"request_id": f"t{i}"}) for i in range(5)]
     offsets = [sum(len(line) + 1 for line in lines[:i]) for i in range(6)]
 
     def batch(n: int) -> Batch:

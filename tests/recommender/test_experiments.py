@@ -328,7 +328,7 @@ def test_exported_impressions_equal_the_200_answers_across_a_killed_worker(
     for t in threads:
         t.join()
 
-    from mlsys.platform.event_log import read_parts
+    from mlsys.platform.log_export import read_parts
 
     # The killed worker's answers sit in its spool until a writer finds it (the restarted
     # worker at its start, the other within 5 s): export until they are all in the log.

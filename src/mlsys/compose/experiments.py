@@ -61,7 +61,7 @@ def start_rollout(
 def export_log(client: RedisClient, out: str | Path, batch: int = 50_000, trim: bool = True
                ) -> dict[str, int]:  # fmt: skip
     """The log's streams to OUT/NAME/part-*.parquet; rows written per stream."""
-    from mlsys.platform.event_log import export
+    from mlsys.platform.log_export import export
     from mlsys.recommender.serving.impressions import schemas
 
     return export(client, out, schemas(), batch=batch, trim=trim)

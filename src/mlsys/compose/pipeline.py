@@ -195,7 +195,7 @@ class Pipeline:
         import shutil
 
         from mlsys.compose.experiments import export_log
-        from mlsys.platform.event_log import read_parts
+        from mlsys.platform.log_export import read_parts
         from mlsys.recommender.online.log_data import build
 
         since = self.since_ms()

@@ -39,17 +39,13 @@ acknowledged.
 The log's Redis runs with an append-only file (`RedisServer(appendonly=True)`, fsync every
 second): see docs/experiments-report.md and docs/reliability.md for what a crash loses.
 
-`export` reads each stream through a consumer group and writes parquet parts named by their
-last entry id, then acknowledges. Exactly once across restarts: a part is written to a temporary
-name and renamed, and only then acknowledged; a restarted export first re-reads its pending
-entries and acknowledges, without writing, those at or below the highest id already in a part.
+`log_export.py` drains the streams into parquet, exactly once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,7 +59,7 @@ from mlsys.platform.log_writer import Batch, LogWriter
 from mlsys.platform.redis_client import RedisClient
 
 if TYPE_CHECKING:
-    import pyarrow as pa
+    pass
 
 log = logging.getLogger("mlsys.event_log")
 
@@ -80,9 +76,6 @@ TAGS = "tags"  # the garment tagger's answers, for its drift monitor
 SERVED_PREFIX = "mlsys:served:"
 SHIPPED_PREFIX = "mlsys:log:shipped:"  # per spool: the end offset of its last applied batch
 ERRORS_PREFIX = "mlsys:errors:"  # hash per experiment: arm -> failed requests
-EXPORT_GROUP = "export"
-EXPORT_CONSUMER = "exporter"
-PART_GLOB = "part-*.parquet"
 
 # A batch of one spool, applied exactly once. KEYS: impressions, shadow and tags streams, the
 # spool's marker (the end offset of its last applied batch), then one served hash per
@@ -236,26 +229,29 @@ class EventLog:
         it was dropped (counted)."""
         e = exposure
         items = "," + ",".join(map(str, e.items)) + ","
-        return self._put(["i", record, [e.arm, e.experiment, e.teams, e.user_id, e.model,
-                                        items, e.request_id]])  # fmt: skip
+        meta = orjson.dumps([e.arm, e.experiment, e.teams, e.user_id, e.model, items,
+                             e.request_id])  # fmt: skip
+        return self._put(self.writer, b"i\t" + meta + b"\t" + orjson.dumps(record))
 
     def shadow(self, record: JsonOut) -> bool:
         """Spool a challenger's shadow ranking."""
-        return self._put(["s", record])
+        return self._put(self.writer, b"s\t" + orjson.dumps(record))
 
     def tag(self, record: JsonOut) -> bool:
         """Spool a tagger answer's record (its drift features)."""
-        return self._put(["t", record])
+        return self._put(self.writer, b"t\t" + orjson.dumps(record))
 
     def pending_click(self, answer_id: str, user_id: int, item_id: int) -> bool:
         """A click that could not be checked now (the store is unreachable): spooled, and
         checked and recorded by the writer once the store is back."""
-        return self._put(["c", answer_id, user_id, item_id, int(time.time() * 1000)])
+        click = [answer_id, user_id, item_id, int(time.time() * 1000)]
+        return self._put(self.clicks, b"c\t" + orjson.dumps(click))
 
-    def _put(self, envelope: list[object]) -> bool:
-        writer = self.clicks if envelope[0] == "c" else self.writer
+    def _put(self, writer: LogWriter, line: bytes) -> bool:
+        """One spool line: the kind, a tab, then JSON (orjson escapes tabs and newlines in
+        strings), so shipping passes a record's bytes on without parsing them again."""
         try:
-            return writer.put(orjson.dumps(envelope))
+            return writer.put(line)
         except OSError as exc:  # the spool's disk: counted like a full spool, never raised
             log.error("spool write failed", extra={"fields": {"error": str(exc)}})
             self._on_outcome("dropped", 1)
@@ -281,19 +277,18 @@ class EventLog:
         tags: list[object] = []
         clicks: list[list[object]] = []
         for offset, line in zip(batch.offsets, batch.lines, strict=True):
-            envelope = orjson.loads(line)
-            kind = envelope[0]
-            if kind == "i":
-                record, (arm, experiment, teams, user_id, model, items, answer_id) = envelope[1:]
+            kind, _, rest = line.partition(b"\t")
+            if kind == b"i":
+                meta, _, record = rest.partition(b"\t")
+                arm, experiment, teams, user_id, model, items, answer_id = orjson.loads(meta)
                 served.append(SERVED_PREFIX + answer_id)
-                impressions += [offset, _dumps(record), arm, experiment, teams, user_id, model,
-                                items]  # fmt: skip
-            elif kind == "s":
-                shadows += [offset, _dumps(envelope[1])]
-            elif kind == "t":
-                tags += [offset, _dumps(envelope[1])]
-            elif kind == "c":
-                clicks.append(envelope[1:])
+                impressions += [offset, record, arm, experiment, teams, user_id, model, items]
+            elif kind == b"s":
+                shadows += [offset, rest]
+            elif kind == b"t":
+                tags += [offset, rest]
+            elif kind == b"c":
+                clicks.append(orjson.loads(rest))
         if served or shadows or tags:
             marker = SHIPPED_PREFIX + batch.spool
             self._batch(
@@ -313,7 +308,8 @@ class EventLog:
                 now_ms = int(time.time() * 1000)
                 since = int(str(unknown_since[0])) if unknown_since else now_ms
                 if now_ms - since < PENDING_CLICK_S * 1000:
-                    self._put(["c", answer_id, user_id, item_id, ts_ms, since])
+                    again = [answer_id, user_id, item_id, ts_ms, since]
+                    self._put(self.clicks, b"c\t" + orjson.dumps(again))
                     continue
             if isinstance(outcome, str):
                 self._on_outcome(f"click_{outcome}", 1)
@@ -332,20 +328,16 @@ class EventLog:
         position = int(result[0])
         if position < 0:
             return CLICK_OUTCOMES[position]
-        return Click(position, _text(result[1]))
+        return Click(position, as_text(result[1]))
 
     def error(self, experiment: str, arm: str) -> None:
         """A request of an experiment's arm that failed (guardrail: error rate per arm)."""
         self.client.hincrby(ERRORS_PREFIX + experiment, arm, 1)
 
 
-def _dumps(record: JsonOut) -> bytes:
-    return orjson.dumps(record)
-
-
 def read_errors(client: RedisClient, experiment: str) -> dict[str, int]:
     raw = client.hgetall(ERRORS_PREFIX + experiment)
-    return {_text(k): int(v) for k, v in raw.items()}
+    return {as_text(k): int(v) for k, v in raw.items()}
 
 
 def read_stream(
@@ -357,23 +349,20 @@ def read_stream(
     while True:
         entries = client.xrange(stream_key(name), min=start, count=count)
         for entry_id, fields in entries:
-            yield _record(_text(entry_id), fields)
+            yield decode_entry(as_text(entry_id), fields)
         if len(entries) < count:
             return
-        start = "(" + _text(entries[-1][0])
+        start = "(" + as_text(entries[-1][0])
 
 
-# ---- export -------------------------------------------------------------------------------
-
-
-def _record(entry_id: str, fields: Mapping[bytes | str, bytes | str]) -> LogRecord:
+def decode_entry(entry_id: str, fields: Mapping[bytes | str, bytes | str]) -> LogRecord:
     """An entry's record, with its stream id (clients may or may not decode field names)."""
     record: LogRecord = json.loads(fields[b"json"] if b"json" in fields else fields["json"])
     record["stream_id"] = entry_id
     return record
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -381,116 +370,3 @@ def entry_key(entry_id: str) -> tuple[int, int]:
     """A stream entry id ("ms-seq") as a tuple that sorts in stream order."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
-
-
-def _part_name(first: str, last: str) -> str:
-    """Zero-padded so that file names sort in entry order."""
-    (a, b), (c, d) = entry_key(first), entry_key(last)
-    return f"part-{a:015d}-{b:06d}-{c:015d}-{d:06d}.parquet"
-
-
-def watermark(folder: Path) -> tuple[int, int]:
-    """The highest entry id already written to a part in `folder` ((0, 0) when none)."""
-    best = (0, 0)
-    for part in folder.glob(PART_GLOB):
-        fields = part.stem.split("-")
-        best = max(best, (int(fields[3]), int(fields[4])))
-    return best
-
-
-def export(
-    client: RedisClient,
-    out_dir: str | Path,
-    schemas: Mapping[str, pa.Schema],
-    batch: int = 50_000,
-    trim: bool = True,
-) -> dict[str, int]:
-    """Drain each stream in `schemas` (name -> pyarrow schema) into OUT_DIR/NAME/part-*.parquet
-    through the `export` consumer group; returns the rows written per stream."""
-    import redis
-
-    written: dict[str, int] = {}
-    for name, schema in schemas.items():
-        key = stream_key(name)
-        folder = Path(out_dir) / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob(".tmp-*"):
-            stale.unlink()  # a part interrupted before its rename: its entries are pending
-        try:
-            client.xgroup_create(key, EXPORT_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        done = watermark(folder)
-        rows = 0
-        for start in ("0", ">"):  # first what this exporter read but did not acknowledge
-            while True:
-                reply = client.xreadgroup(EXPORT_GROUP, EXPORT_CONSUMER, {key: start}, count=batch)
-                entries = reply[0][1] if reply else []
-                if not entries:
-                    break
-                ids = [_text(entry_id) for entry_id, _ in entries]
-                fresh = [(i, f) for i, (_, f) in zip(ids, entries, strict=True)
-                         if entry_key(i) > done]  # fmt: skip
-                if fresh:
-                    _write_part(folder, fresh, schema)
-                    rows += len(fresh)
-                    done = entry_key(fresh[-1][0])
-                client.xack(key, EXPORT_GROUP, *ids)
-                if len(entries) < batch:  # caught up (under load: up to about now)
-                    break
-        if trim:
-            _trim_acknowledged(client, key)
-        written[name] = rows
-    return written
-
-
-def _write_part(
-    folder: Path, entries: list[tuple[str, Mapping[bytes | str, bytes | str]]], schema: pa.Schema
-) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    records = [_record(entry_id, fields) for entry_id, fields in entries]
-    table = pa.Table.from_pylist(records, schema=schema)
-    final = folder / _part_name(entries[0][0], entries[-1][0])
-    tmp = folder / f".tmp-{final.name}"
-    pq.write_table(table, tmp)
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _trim_acknowledged(client: RedisClient, key: str) -> None:
-    """Drop the entries every consumer group has acknowledged: the oldest entry still pending
-    in a group, or after its last delivered one, is the new start."""
-    groups = client.xinfo_groups(key)
-    keep: list[tuple[int, int]] = []
-    for group in groups:
-        name = _text(group["name"])
-        pending = client.xpending(key, name)
-        if pending["pending"]:
-            keep.append(entry_key(_text(pending["min"])))
-        else:
-            ms, seq = entry_key(_text(group["last-delivered-id"]))
-            keep.append((ms, seq + 1))
-    if keep:
-        ms, seq = min(keep)
-        client.xtrim(key, minid=f"{ms}-{seq}", approximate=False)
-
-
-def read_parts(folder: str | Path) -> pa.Table | None:
-    """An exported stream folder as one pyarrow table (empty folder: None)."""
-    import pyarrow.parquet as pq
-
-    parts = sorted(Path(folder).glob(PART_GLOB))
-    if not parts:
-        return None
-    import pyarrow as pa
-
-    return pa.concat_tables([pq.read_table(p) for p in parts])

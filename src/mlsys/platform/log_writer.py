@@ -63,6 +63,7 @@ class Batch:
 @dataclass
 class WriterStats:
     put: int = 0
+    spooled: int = 0
     shipped: int = 0
     dropped: int = 0
     failed_batches: int = 0
@@ -76,6 +77,7 @@ class SpoolFile:
         self.path = path
         self.handle = handle
         self.offset_path = path.with_suffix(OFFSET_SUFFIX)
+        self._offset_fd: int | None = None  # opened by the first write_offset
 
     @classmethod
     def create(cls, folder: Path, name: str) -> SpoolFile:
@@ -107,14 +109,17 @@ class SpoolFile:
 
     def read_offset(self) -> int:
         try:
-            return int(self.offset_path.read_text() or 0)
+            return int(self.offset_path.read_bytes().strip() or 0)
         except (FileNotFoundError, ValueError):
             return 0
 
     def write_offset(self, offset: int) -> None:
-        tmp = self.offset_path.with_name(self.offset_path.name + ".tmp")
-        tmp.write_text(str(offset))
-        os.replace(tmp, self.offset_path)
+        """One `pwrite` of a fixed-width number in place (a temporary file and a rename per
+        batch cost a worker 5% of its CPU at 250 rps). The offset only saves work: were it
+        stale or torn (a power loss), the store's marker still skips what it already has."""
+        if self._offset_fd is None:
+            self._offset_fd = os.open(self.offset_path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.pwrite(self._offset_fd, b"%020d" % offset, 0)
 
     def batch(self, offset: int, max_lines: int, max_bytes: int) -> Batch:
         """Complete lines from `offset` (a torn last line, from a kill mid-write, waits)."""
@@ -128,12 +133,19 @@ class SpoolFile:
             at += len(line) + 1
         return Batch(self.path.stem, lines, offsets, at)
 
+    def close(self) -> None:
+        """Release the files (and the lock: another writer may now adopt the spool)."""
+        if self._offset_fd is not None:
+            os.close(self._offset_fd)
+            self._offset_fd = None
+        self.handle.close()
+
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.offset_path.unlink()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        self.handle.close()
+        self.close()
 
 
 class LogWriter:
@@ -198,7 +210,7 @@ class LogWriter:
                 self._spool = SpoolFile.create(self.folder, self.name)
             self._spool.handle.write(line + b"\n")
             self._written += len(line) + 1
-            self._on_outcome("spooled", 1)
+            self.stats.spooled += 1  # counted on /metrics by the writer's next tick
             return True
 
     def flush(self, timeout_s: float = 1.0) -> bool:
@@ -219,13 +231,17 @@ class LogWriter:
         this starts a new spool (an app's lifespan can end and start again in one process)."""
         self.flush(timeout_s)
         with self._lock:
-            if self._spool is not None and self._shipped >= self._written:
-                self._spool.remove()
+            if self._spool is not None:
+                if self._shipped < self._written:
+                    self._spool.close()  # kept, unlocked, for the next writer
+                else:
+                    self._spool.remove()
                 self._spool = None
                 self._written = self._shipped = 0
 
     def _run(self) -> None:
         pause = self.retry_s
+        reported = 0  # spooled records already counted
         while True:
             with self._wake:
                 self._wake.wait(self.linger_s)
@@ -250,6 +266,10 @@ class LogWriter:
                     self._wake.wait(pause)
                 pause = min(pause * 2, self.max_retry_s)
             finally:
+                spooled = self.stats.spooled  # counted here, not on the request path
+                if spooled > reported:
+                    self._on_outcome("spooled", spooled - reported)
+                    reported = spooled
                 self._on_backlog(self.backlog_bytes)
 
     def _ship_own(self) -> None:
@@ -305,5 +325,5 @@ class LogWriter:
                     self._on_outcome("recovered", len(batch.lines))
                 orphan.remove()
             except Exception:
-                orphan.handle.close()  # the lock goes with it; a later scan tries again
+                orphan.close()  # the lock goes with it; a later scan tries again
                 raise

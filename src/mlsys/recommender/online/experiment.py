@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mlsys.platform.event_log import LogRecord, entry_key, read_parts, read_stream, watermark
+from mlsys.platform.event_log import LogRecord, entry_key, read_stream
+from mlsys.platform.log_export import read_parts, watermark
 from mlsys.platform.online_stats import (
     N_OPT,
     binomial_p,

@@ -80,7 +80,7 @@ def build(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from mlsys.platform.event_log import read_parts
+    from mlsys.platform.log_export import read_parts
     from mlsys.recommender.data.dataset import RESTAURANTS_FILE, USERS_FILE, open_dataset
 
     if not 0 < holdout < 1:
