@@ -236,7 +236,7 @@ def impressions_across_a_kill(stack: Any, log_url: str, export_dir: Path) -> dic
     import httpx
 
     from mlsys.cli import main as mlsys
-    from mlsys.platform.event_log import read_parts
+    from mlsys.platform.log_export import read_parts
 
     mlsys(["log", "export", str(export_dir / "before"), "--redis", log_url])
     body = json.dumps({"candidate_restaurant_ids": list(range(0, 100_000, 97)),

@@ -193,7 +193,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def serve_settings(args: argparse.Namespace, model: str, tagger: str | None) -> Settings:
-    """Settings without a flag (log_max_len, feedback_window_s, ...) come from the environment
+    """Settings without a flag (log_stream_mb, spool_dir, ...) come from the environment
     (MLSYS_*, as docker-compose and the Kubernetes ConfigMap set them); flags override."""
     import dataclasses
 
