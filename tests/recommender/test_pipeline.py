@@ -65,6 +65,9 @@ def _config(loop: Loop, name: str, **changes: Any) -> PipelineConfig:
         name=NAME, features="", workdir=str(loop.work / name), log_redis=loop.log_url,
         trigger="now", window_min=0.05, min_answers=400, epochs=4, lr=1e-2, shadow_answers=100,
         canary_percent=50, canary_answers=150, poll_s=0.5, step_timeout_s=120,
+        # The flow is under test, not this machine's latency: with another test file loading
+        # the other core, the p95 of ~75 answers per arm differed by more than the default 5 ms.
+        max_p95_ms=100.0,
     )  # fmt: skip
     return replace(base, **changes)
 
