@@ -214,11 +214,15 @@ class LogWriter:
             return True
 
     def flush(self, timeout_s: float = 1.0) -> bool:
-        """Wait until everything put so far is shipped (True) or `timeout_s` passes."""
+        """Wait until everything put before this call is shipped (True) or `timeout_s`
+        passes. Only that: under steady traffic there is always a newer record, and waiting
+        for those held a click for the whole timeout."""
         deadline = time.monotonic() + timeout_s
         with self._wake:
             self._wake.notify_all()
-            while self._shipped < self._written:
+            spool, target = self._spool, self._written
+            # A new spool means the old one was shipped to its end (rotation) or let go.
+            while self._spool is spool and spool is not None and self._shipped < target:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

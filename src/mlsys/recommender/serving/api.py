@@ -201,10 +201,12 @@ class Recommend:
                 outcome = self.events.click(answer, user, item)
             if outcome == "unknown_request" and in_flight:
                 # Its impression may still be on its way (a writer ships within one tick of
-                # the answer): this worker's first, then any worker's, then judge.
+                # the answer): this worker's spool first, then any worker's, then judge.
                 await asyncio.to_thread(self.events.flush, 0.05)
-                await asyncio.sleep(2.5 * self.events.linger_s)
                 outcome = self.events.click(answer, user, item)
+                if outcome == "unknown_request":
+                    await asyncio.sleep(1.5 * self.events.linger_s)
+                    outcome = self.events.click(answer, user, item)
         except self.stores.errors:
             outcome = None
         if outcome is None or (outcome == "unknown_request" and in_flight):
