@@ -138,7 +138,14 @@ def forget_dead_workers(folder: str) -> list[int]:
 
     pids = {int(m.group(1)) for name in os.listdir(folder)
             if (m := re.search(r"_(\d+)\.db$", name))}  # fmt: skip
-    dead = [pid for pid in pids if not psutil.pid_exists(pid)]
+
+    def gone(pid: int) -> bool:  # a killed worker not yet reaped by its parent is a zombie
+        try:
+            return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+        except psutil.NoSuchProcess:
+            return True
+
+    dead = [pid for pid in pids if gone(pid)]
     for pid in dead:
         multiprocess.mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]
     return dead
