@@ -366,12 +366,14 @@ def test_an_admin_update_of_an_unknown_entity_is_404_unless_asked_to_create(
     r = http.put("/admin/features/users/1000000", json=features, headers=AUTH)
     assert r.status_code == 404 and r.json()["field"] == "user_id"
     assert "create=true" in r.json()["message"]
-    assert http.post("/recommend/1000000", json=recommend_body([1])).status_code == 404
+    unknown = http.post("/recommend/1000000", json=recommend_body([1]))  # not created: cold
+    assert unknown.status_code == 200 and unknown.headers["x-cold-start"] == "user"
     r = http.put("/admin/features/users/1000000?create=yes", json=features, headers=AUTH)
     assert r.status_code == 422 and r.json()["field"] == "create"
     r = http.put("/admin/features/users/1000000?create=true", json=features, headers=AUTH)
     assert r.status_code == 200
-    assert http.post("/recommend/1000000", json=recommend_body([1])).status_code == 200
+    created = http.post("/recommend/1000000", json=recommend_body([1]))
+    assert created.status_code == 200 and "x-cold-start" not in created.headers
 
 
 # ------------------------------------------------------------------ every case above, in the log

@@ -86,7 +86,7 @@ def test_cli_writes_json_and_png_and_sweep(
 ) -> None:
     args = argparse.Namespace(
         url=stub_url, requests=str(requests_file), rate=20.0, duration=0.5, timeout=2.0,
-        out=str(tmp_path), name=None, sweep=False, rates=None,
+        out=str(tmp_path), name=None, sweep=False, rates=None, no_candidates=False,
     )  # fmt: skip
     assert main(args) == 1  # errors -> non-zero exit
     report = json.loads((tmp_path / "loadtest-20rps.json").read_text())

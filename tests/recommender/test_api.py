@@ -149,7 +149,6 @@ def test_unknown_candidates_are_skipped_and_counted(client: TestClient) -> None:
         ("/recommend/u-1", body([1]), "user_id"),
         ("/recommend/1", b"{not json", "body"),
         ("/recommend/1", [1, 2], "body"),
-        ("/recommend/1", {"latitude": LAT, "longitude": LON}, "candidate_restaurant_ids"),
         ("/recommend/1", body("1,2"), "candidate_restaurant_ids"),  # type: ignore[arg-type]
         ("/recommend/1", body([1, 2.5]), "candidate_restaurant_ids"),
         ("/recommend/1", body([1, "2"]), "candidate_restaurant_ids"),
@@ -163,6 +162,7 @@ def test_unknown_candidates_are_skipped_and_counted(client: TestClient) -> None:
         ("/recommend/1", body([1], size=0), "size"),
         ("/recommend/1", body([1], size=2.5), "size"),
         ("/recommend/1", body([1], max_dist=-1), "max_dist"),
+        ("/recommend/1", {"latitude": LAT, "longitude": LON, "max_dist": 20_001}, "max_dist"),
         ("/recommend/1", body([1], sort_dist="yes"), "sort_dist"),
     ],
 )
@@ -184,9 +184,33 @@ def test_exactly_10000_candidates_is_accepted(client: TestClient) -> None:
     assert len(r.json()["restaurants"]) == 1_000
 
 
-def test_unknown_user_is_404(client: TestClient) -> None:
-    r = client.post("/recommend/u999999", json=body([1]))
-    assert r.status_code == 404 and r.json()["error"] == "unknown_user"
+def test_an_unknown_user_is_answered_with_the_cold_start_profile(client: TestClient) -> None:
+    r = client.post("/recommend/u999999", json=body(list(range(50))))
+    assert r.status_code == 200 and r.headers["x-cold-start"] == "user"
+    assert r.json()["restaurants"]
+    known = client.post("/recommend/1", json=body(list(range(50))))
+    assert "x-cold-start" not in known.headers
+
+
+def test_without_candidates_every_restaurant_within_max_dist_is_considered(
+    client: TestClient, data: dict[str, Any]
+) -> None:
+    from mlsys.recommender.geo import haversine_m
+
+    loc = data["locs"]
+    r = client.post("/recommend/1", json={"latitude": LAT, "longitude": LON, "size": 1000,
+                                          "max_dist": 3000, "sort_dist": True})  # fmt: skip
+    assert r.status_code == 200, r.text
+    got = [x["id"] for x in r.json()["restaurants"]]
+    assert r.headers["x-unknown-candidates"] == "0"
+    d = haversine_m(LAT, LON, loc[:, 0], loc[:, 1])
+    assert sorted(got) == np.flatnonzero(d <= 3000).tolist()
+    d_got = [x["displacement"] for x in r.json()["restaurants"]]
+    assert d_got == sorted(d_got) and all(x <= 3000 for x in d_got)
+    null = client.post("/recommend/1", json={"candidate_restaurant_ids": None, "latitude": LAT,
+                                             "longitude": LON, "size": 1000, "max_dist": 3000,
+                                             "sort_dist": True})  # fmt: skip
+    assert [x["id"] for x in null.json()["restaurants"]] == got
 
 
 def test_body_limit_is_413(client: TestClient) -> None:
@@ -222,6 +246,10 @@ def test_admin_update_is_seen_by_next_request(
         assert moved.status_code == 200
         near = client.post("/recommend/11", json=body([3], max_dist=1)).json()["restaurants"]
         assert near[0]["id"] == 3 and near[0]["displacement"] == 0.0
+        # and the geo index moved it too: retrieval finds it at its new place
+        found = client.post("/recommend/11", json={"latitude": LAT, "longitude": LON,
+                                                   "max_dist": 1, "size": 5}).json()  # fmt: skip
+        assert [x["id"] for x in found["restaurants"]] == [3]
     finally:
         client.put(url, json={"features": data["users"][11].tolist()}, headers=auth)
         lat, lon = data["locs"][3]

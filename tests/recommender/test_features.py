@@ -51,11 +51,14 @@ def test_materialize_round_trips_rows_and_writes_meta(
     assert F.current_namespace(client) == meta["namespace"] == "f1"
     stored = F.read_meta(client)
     assert stored is not None
+    cells = stored["counts"].pop("geo_cells")
     assert stored["counts"] == {"users": ds.n_users, "restaurants": ds.n_restaurants}
     assert stored["source"]["dataset_checksum"] == ds.checksum
     assert stored["schema"]["entities"]["user"]["bytes"] == 120
     assert stored["schema"]["entities"]["restaurant"]["bytes"] == 56
-    assert key_count(client) == ds.n_users + ds.n_restaurants + 4  # + meta, pointer, seq, list
+    assert stored["schema"]["entities"]["geo_cell"]["bytes"] == 64
+    # + the cells, the cold-start profile, meta, pointer, seq, list
+    assert key_count(client) == ds.n_users + ds.n_restaurants + cells + 5
 
     ids = [0, 17, ds.n_restaurants - 1]
     rows = F.OnlineStore(client).fetch(5, ids)
@@ -124,15 +127,16 @@ def test_single_entity_updates(fresh_redis: RedisServer, tiny_data: Path) -> Non
     assert unknown.value.field == "restaurant_id"
     with pytest.raises(U.UnknownEntity):
         U.set_user(client, 10**7, [0.0] * 30)
-    assert store.fetch(10**7, []).user is None
+    unknown_user = store.fetch(10**7, [])
+    assert unknown_user.cold_start and unknown_user.user is not None
     with pytest.raises(U.InvalidFeatures) as err:
         U.set_restaurant(client, 10**6, latitude=13.0, create=True)  # nothing to keep
     assert err.value.field == "restaurant_id"
     U.set_restaurant(client, 10**6, [0.5] * 10, 13.0, 100.5, create=True)
     rows = store.fetch(1, [10**6, 10**7])
-    assert rows.unknown == 1 and rows.positions.tolist() == [0]
+    assert rows.unknown == 1 and rows.ids.tolist() == [10**6]
     U.set_user(client, 10**7, [0.0] * 30, create=True)
-    assert store.fetch(10**7, []).user is not None
+    assert not store.fetch(10**7, []).cold_start
 
 
 @pytest.mark.parametrize(
@@ -267,3 +271,56 @@ def test_cluster_read_that_meets_a_pruned_namespace_reads_again(
         assert rows.namespace == "f2" and rows.unknown == 0
         np.testing.assert_array_equal(rows.user, other.user_features()[7])
         np.testing.assert_array_equal(rows.features, other.restaurant_features()[[1, 2]])
+
+
+def _within(ds: Any, lat: float, lon: float, max_dist: float) -> set[int]:
+    from mlsys.recommender.geo import haversine_m
+
+    loc = ds.restaurant_locations()
+    return set(np.flatnonzero(haversine_m(lat, lon, loc[:, 0], loc[:, 1]) <= max_dist).tolist())
+
+
+def test_retrieval_reads_every_restaurant_within_reach_and_follows_updates(
+    fresh_redis: RedisServer, tiny_data: Path
+) -> None:
+    """Without a candidate list, the geo index returns a superset of the restaurants within
+    max_dist (exact filtering is the ranking's), on one node and on a cluster alike; a
+    restaurant created or moved a moment ago is where it now is, and only there."""
+    from mlsys.recommender.geo import haversine_m
+
+    client = connect(fresh_redis.url, timeout_s=5)
+    M.materialize(tiny_data, client, progress=False)
+    ds = open_dataset(tiny_data)
+    store = F.OnlineStore(client)
+    rng = np.random.default_rng(3)
+    points = zip(
+        rng.uniform(13.6, 14.15, 20),
+        rng.uniform(100.3, 100.85, 20),
+        rng.choice([300.0, 2_000.0, 5_000.0, 10_000.0], 20),
+        strict=True,
+    )
+    for lat, lon, max_dist in points:
+        rows = store.retrieve(3, float(lat), float(lon), float(max_dist))
+        near = haversine_m(lat, lon, rows.latitude, rows.longitude) <= max_dist
+        assert set(rows.ids[near].tolist()) == _within(ds, lat, lon, max_dist)
+        assert len(set(rows.ids.tolist())) == len(rows.ids)  # each restaurant once
+        np.testing.assert_array_equal(rows.features, ds.restaurant_features()[rows.ids])
+        assert not rows.cold_start and rows.unknown == 0
+    # Far from every restaurant: nothing to read.
+    assert len(store.retrieve(3, 51.5, -0.12, 10_000.0).ids) == 0
+
+    # Created a moment ago: retrievable on the next request; moved: found at the new place only.
+    U.set_restaurant(client, 10**6, [0.5] * 10, 13.9, 100.6, create=True)
+    assert 10**6 in store.retrieve(3, 13.9, 100.6, 50.0).ids.tolist()
+    U.set_restaurant(client, 10**6, latitude=13.7, longitude=100.4)
+    assert 10**6 not in store.retrieve(3, 13.9, 100.6, 2_000.0).ids.tolist()
+    moved = store.retrieve(3, 13.7, 100.4, 50.0)
+    assert moved.ids.tolist().count(10**6) == 1
+    U.set_restaurant(client, 10**6, features=[0.25] * 10)  # same cell: replaced, not added
+    again = store.retrieve(3, 13.7, 100.4, 50.0)
+    assert again.ids.tolist().count(10**6) == 1
+    np.testing.assert_array_equal(again.features[again.ids == 10**6][0], [0.25] * 10)
+
+    unknown = store.retrieve(10**7, 13.9, 100.6, 1_000.0)
+    assert unknown.cold_start
+    np.testing.assert_allclose(unknown.user, ds.user_features().mean(axis=0), rtol=1e-5)

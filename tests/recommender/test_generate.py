@@ -210,3 +210,25 @@ def test_interrupted_run_leaves_nothing_behind(
     with pytest.raises(KeyboardInterrupt):
         generate_clicks(tmp_path / "fresh", scale="tiny", progress=False)
     assert not (tmp_path / "fresh").exists()
+
+
+def test_a_bigger_catalogue_grows_in_area_and_density_as_documented(tmp_path: Path) -> None:
+    """`--restaurants N`: up to the kit's 100k the kit's box; beyond, area and density each
+    x sqrt(N / 100k) about the same centre (here 400k: 2x the area, 2x the density)."""
+    kit = generate.catalogue_box(100_000)
+    assert kit == generate.catalogue_box(1_000)
+
+    def area(box: tuple[float, float, float, float]) -> float:
+        return (box[1] - box[0]) * (box[3] - box[2])
+
+    big = generate.catalogue_box(400_000)
+    assert area(big) / area(kit) == pytest.approx(2.0)
+    assert (big[0] + big[1]) / 2 == pytest.approx((kit[0] + kit[1]) / 2)
+    generate_clicks(tmp_path / "big", scale="tiny", restaurants=400_000, progress=False)
+    ds = open_dataset(tmp_path / "big")
+    loc = ds.restaurant_locations()
+    assert ds.n_restaurants == 400_000
+    assert big[0] <= loc[:, 0].min() and loc[:, 0].max() <= big[1]
+    assert big[2] <= loc[:, 1].min() and loc[:, 1].max() <= big[3]
+    with pytest.raises(MlsysError, match="restaurants"):
+        generate_clicks(tmp_path / "few", scale="tiny", restaurants=10, progress=False)

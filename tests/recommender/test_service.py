@@ -63,12 +63,15 @@ def _rows(
     lon: list[float],
     feats: np.ndarray | None = None,
     positions: list[int] | None = None,
+    candidates: list[int] | None = None,
 ) -> Rows:
+    """What the store reads for `candidates` (default 0..k-1): the ones at `positions` known."""
     k = len(lat)
+    at = np.arange(k) if positions is None else np.asarray(positions)
     return Rows(
         namespace="t",
         user=np.linspace(-1, 1, 30).astype(np.float32),
-        positions=np.arange(k) if positions is None else np.asarray(positions),
+        ids=np.asarray(candidates if candidates is not None else range(k), np.int64)[at],
         features=np.zeros((k, 10), np.float32) if feats is None else feats,
         latitude=np.asarray(lat, np.float64),
         longitude=np.asarray(lon, np.float64),
@@ -114,25 +117,39 @@ def test_distance_filter_keeps_the_boundary_and_sorts_both_ways(scorer: Scorer) 
         size=10,
         max_dist=1e9,
     )
-    everything = rank(base, _rows(lat, lon, feats), scorer)
+    everything = rank(base, _rows(lat, lon, feats, candidates=base.candidate_ids), scorer)
     d13 = float(everything.displacement[everything.ids == 13][0])
-    at = rank(Query(**{**base.__dict__, "max_dist": d13}), _rows(lat, lon, feats), scorer)
+    at = rank(
+        Query(**{**base.__dict__, "max_dist": d13}),
+        _rows(lat, lon, feats, candidates=base.candidate_ids),
+        scorer,
+    )
     assert 13 in at.ids and 14 not in at.ids and at.too_far == 1
     below = rank(
-        Query(**{**base.__dict__, "max_dist": np.nextafter(d13, 0)}), _rows(lat, lon, feats), scorer
+        Query(**{**base.__dict__, "max_dist": np.nextafter(d13, 0)}),
+        _rows(lat, lon, feats, candidates=base.candidate_ids),
+        scorer,
     )
     assert 13 not in below.ids and below.too_far == 2
 
-    by_score = rank(Query(**{**base.__dict__, "max_dist": d13}), _rows(lat, lon, feats), scorer)
+    by_score = rank(
+        Query(**{**base.__dict__, "max_dist": d13}),
+        _rows(lat, lon, feats, candidates=base.candidate_ids),
+        scorer,
+    )
     assert np.all(np.diff(by_score.scores) <= 0)
     by_dist = rank(
         Query(**{**base.__dict__, "max_dist": d13, "sort_dist": True}),
-        _rows(lat, lon, feats),
+        _rows(lat, lon, feats, candidates=base.candidate_ids),
         scorer,
     )
     assert by_dist.ids.tolist() == [10, 11, 12, 13]
     assert sorted(by_dist.ids.tolist()) == sorted(by_score.ids.tolist())
-    top2 = rank(Query(**{**base.__dict__, "size": 2}), _rows(lat, lon, feats), scorer)
+    top2 = rank(
+        Query(**{**base.__dict__, "size": 2}),
+        _rows(lat, lon, feats, candidates=base.candidate_ids),
+        scorer,
+    )
     assert top2.ids.tolist() == everything.ids[:2].tolist()
 
 
@@ -144,7 +161,7 @@ def test_ties_keep_request_order(scorer: Scorer) -> None:
     for sort_dist in (False, True):
         r = rank(
             Query(**{**q.__dict__, "sort_dist": sort_dist}),
-            _rows([13.71] * 4, [100.51] * 4),
+            _rows([13.71] * 4, [100.51] * 4, candidates=q.candidate_ids),
             scorer,
         )
         assert r.ids.tolist() == [5, 3, 9, 1]
@@ -154,7 +171,9 @@ def test_unknown_candidates_map_positions(scorer: Scorer) -> None:
     q = Query(
         user_id=0, candidate_ids=[4, 999, 6], latitude=13.7, longitude=100.5, size=10, max_dist=1e9
     )
-    r = rank(q, _rows([13.7, 13.8], [100.5, 100.5], positions=[0, 2]), scorer)
+    r = rank(
+        q, _rows([13.7, 13.8], [100.5, 100.5], positions=[0, 2], candidates=q.candidate_ids), scorer
+    )
     assert r.ids.tolist() == [4, 6] or r.ids.tolist() == [6, 4]
     assert r.unknown == 1 and r.candidates == 3
     body = r.to_json()

@@ -64,8 +64,9 @@ def http_post(target: Target, path: str, body: bytes, content_type: str) -> byte
     return head + body
 
 
-def load_requests(path: str | Path, target: Target) -> list[bytes]:
-    """Each row of requests.parquet as a ready-to-send HTTP request."""
+def load_requests(path: str | Path, target: Target, candidates: bool = True) -> list[bytes]:
+    """Each row of requests.parquet as a ready-to-send HTTP request; without `candidates`,
+    the same request with no candidate list (the API retrieves the restaurants in reach)."""
     from mlsys.recommender.data.schema import REQUESTS_SCHEMA, open_parquet, read_columns
 
     p = Path(path)
@@ -75,17 +76,10 @@ def load_requests(path: str | Path, target: Target) -> list[bytes]:
         raise MlsysError(f"{p}: no requests")
     out = []
     for row in table:
-        body = json.dumps(
-            {
-                "candidate_restaurant_ids": row["candidate_restaurant_ids"],
-                "latitude": row["latitude"],
-                "longitude": row["longitude"],
-                "size": row["size"],
-                "max_dist": row["max_dist"],
-                "sort_dist": row["sort_dist"],
-            },
-            separators=(",", ":"),
-        ).encode()
+        fields: tuple[str, ...] = ("latitude", "longitude", "size", "max_dist", "sort_dist")
+        if candidates:
+            fields = ("candidate_restaurant_ids", *fields)
+        body = json.dumps({k: row[k] for k in fields}, separators=(",", ":")).encode()
         out.append(http_post(target, f"/recommend/{row['user_id']}", body, "application/json"))
     return out
 
@@ -337,8 +331,9 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     target = parse_url(args.url)
-    payloads = load_requests(args.requests, target)
+    payloads = load_requests(args.requests, target, candidates=not args.no_candidates)
     common = {"url": args.url, "requests_file": str(args.requests), "timeout_s": args.timeout,
+              "candidate_lists": not args.no_candidates,
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
     if not args.sweep:
         result, summary = run_once(args.url, args.requests, args.rate, args.duration,

@@ -47,8 +47,14 @@ FEATURE_FETCH = Histogram(
 )
 CANDIDATES = Counter(
     "mlsys_candidates_total",
-    "Candidate restaurants by outcome: requested, unknown (not in store), too_far, returned",
+    "Candidate restaurants by outcome: requested (the caller's list), retrieved (read from the "
+    "geo index, no list), unknown (not in store), too_far, returned",
     ("outcome",),
+)
+COLD_START = Counter(
+    "mlsys_cold_start_total",
+    "Answers for an entity the store does not know (user), ranked with its cold-start profile",
+    ("entity",),
 )
 FEATURE_STORE_ERRORS = Counter(
     "mlsys_feature_store_errors_total", "Requests answered 503 because Redis failed", ("kind",)

@@ -37,6 +37,9 @@ class Settings:
     redis_timeout_s: float = 0.05  # connect and read timeout: Redis down -> 503 within ~this
     max_body_bytes: int = 1 << 20  # 10,000 candidate ids are ~120 KB of JSON
     max_candidates: int = 10_000
+    # The funnel (recommender/ranking.py): with more restaurants in reach than this, a cheap
+    # first stage keeps this many (at least a request's size) for the full model; 0: off.
+    first_stage_k: int = 500
     admin_token: str | None = None  # None disables the admin feature-update endpoints
     tagger_model_dir: str | None = None  # the garment tagger's POST /tag
     log_requests: bool = True  # one JSON line per request on stderr

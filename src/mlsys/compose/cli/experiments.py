@@ -58,6 +58,11 @@ def add_commands(verbs: Verbs) -> None:
     p.add_argument("--duration", type=C.positive, default=60.0, help="seconds")
     p.add_argument("--seed", type=C.count(0), default=0)
     p.add_argument("--timeout", type=C.positive, default=5.0, help="seconds per HTTP request")
+    p.add_argument("--new-user-share", type=C.share, default=0.0, metavar="SHARE",
+                   help="share of requests from users the store never saw (each with the taste "
+                   "of the request's own user); their true CTR is reported apart")  # fmt: skip
+    p.add_argument("--no-candidates", action="store_true",
+                   help="send no candidate lists (the API retrieves what is in reach)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = verbs.add("experiment", "report", _report, "analyse an online experiment")
@@ -123,7 +128,10 @@ def _export(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from mlsys.recommender.online.simulate import print_summary, simulate
 
-    result = simulate(args.url, args.data, args.rate, args.duration, args.seed, args.timeout)
+    result = simulate(
+        args.url, args.data, args.rate, args.duration, args.seed, args.timeout,
+        new_user_share=args.new_user_share, candidates=not args.no_candidates,
+    )  # fmt: skip
     if args.json:
         print(json.dumps(result))
     else:

@@ -28,6 +28,11 @@ def add_commands(verbs: Verbs) -> None:
     p.add_argument(
         "--workers", type=C.count(1), default=None, help="processes (default: all cores)"
     )
+    p.add_argument(
+        "--restaurants", type=C.count(1), default=None, metavar="N",
+        help="catalogue size instead of the scale's; beyond the kit's 100k the area and the "
+        "density both grow as sqrt(N/100k) (docs/funnel.md)",
+    )  # fmt: skip
 
     p = verbs.add("generate", "drift", _generate_drift,
                   "write a drifted copy of a dataset (same ids) to test monitoring")  # fmt: skip
@@ -73,8 +78,9 @@ def _generate_clicks(args: argparse.Namespace) -> int:
     from mlsys.recommender.data.generate import generate_clicks
 
     manifest = generate_clicks(
-        args.out_dir, scale=args.scale, seed=args.seed, force=args.force, workers=args.workers
-    )
+        args.out_dir, scale=args.scale, seed=args.seed, force=args.force, workers=args.workers,
+        restaurants=args.restaurants,
+    )  # fmt: skip
     dataset = open_dataset(args.out_dir)
     print(dataset.summary(seconds=manifest["seconds"]))
     return 0

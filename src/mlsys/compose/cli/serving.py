@@ -59,6 +59,11 @@ def _add_serving_commands(verbs: Verbs) -> None:
         help="share of logged /recommend answers that carry a scored row for the drift "
         "monitor (default 1: every answer, ~0.4 KB)",
     )  # fmt: skip
+    p.add_argument(
+        "--first-stage-k", type=C.count(0), default=Settings.first_stage_k, metavar="K",
+        help="with more restaurants in reach, a cheap first stage keeps the best K (at least "
+        "the request's size) for the full model; 0 scores all (default %(default)s)",
+    )  # fmt: skip
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=C.count(0), default=8000)
     p.add_argument(
@@ -143,6 +148,8 @@ def _add_serving_commands(verbs: Verbs) -> None:
     p = verbs.add_verb("loadtest", _loadtest)
     p.add_argument("url", metavar="URL", help="the API base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--requests", required=True, metavar="PARQUET", help="requests.parquet")
+    p.add_argument("--no-candidates", action="store_true",
+                   help="send each request without its candidate list (retrieval)")  # fmt: skip
     p.add_argument("--rate", type=C.positive, default=30.0, help="requests per second (open model)")
     p.add_argument(
         "--duration", type=C.positive, default=60.0, help="seconds per run or sweep step"
@@ -212,6 +219,7 @@ def serve_settings(args: argparse.Namespace, model: str, tagger: str | None) -> 
         log_redis_url=args.log_redis,
         log_impressions=not args.no_impressions,
         monitor_sample=args.monitor_sample,
+        first_stage_k=args.first_stage_k,
     )
 
 

@@ -21,7 +21,7 @@ import json
 import multiprocessing as mp
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ GENERATOR_VERSION = "1"
 # The kit's bounding box (Bangkok and surroundings).
 MIN_LAT, MAX_LAT = 13.581327544528989, 14.171447685944495
 MIN_LNG, MAX_LNG = 100.30471258549801, 100.85824174657563
+KIT_RESTAURANTS = 100_000  # the kit's catalogue, spread over the box above
 N_CLUSTERS = 10
 CLUSTER_SPREAD = 2.0
 FEATURE_NOISE = 0.1
@@ -74,6 +75,31 @@ SCALES: dict[str, Scale] = {
     # Unit tests: a couple of seconds. Same draw order, so same cluster centres as the kit.
     "tiny": Scale(2_000, 1_000, 40_000, 4, 8_000, 2, 200, 100),
 }
+
+
+def catalogue_box(restaurants: int) -> tuple[float, float, float, float]:
+    """(min_lat, max_lat, min_lng, max_lng) of a catalogue of this size: the kit's box up to
+    the kit's 100k restaurants; beyond, a box about the same centre whose area and whose
+    density both grow as sqrt(N / 100k) (a bigger catalogue is more cities and denser ones):
+    at 10M, 10x the area and 10x the restaurants per km^2. Requests stay in the kit's box,
+    so they meet the denser centre."""
+    if restaurants <= KIT_RESTAURANTS:
+        return MIN_LAT, MAX_LAT, MIN_LNG, MAX_LNG
+    grow = (restaurants / KIT_RESTAURANTS) ** 0.25  # per side: area x sqrt(N / 100k)
+    mid_lat, mid_lng = (MIN_LAT + MAX_LAT) / 2, (MIN_LNG + MAX_LNG) / 2
+    half_lat, half_lng = grow * (MAX_LAT - MIN_LAT) / 2, grow * (MAX_LNG - MIN_LNG) / 2
+    return mid_lat - half_lat, mid_lat + half_lat, mid_lng - half_lng, mid_lng + half_lng
+
+
+def draw_catalogue(
+    rs: np.random.RandomState, restaurants: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Restaurant features and locations, the kit's draws (after the users' on `rs`)."""
+    features = draw_entity_features(rs, restaurants, len(RESTAURANT_FEATURES))
+    min_lat, max_lat, min_lng, max_lng = catalogue_box(restaurants)
+    lat = rs.uniform(min_lat, max_lat, (restaurants, 1))[:, 0]
+    lng = rs.uniform(min_lng, max_lng, (restaurants, 1))[:, 0]
+    return features, lat, lng
 
 
 def _even_split(total: int, parts: int) -> list[int]:
@@ -253,11 +279,20 @@ def generate_clicks(
     force: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    restaurants: int | None = None,
 ) -> dict[str, Any]:
-    """Write a complete dataset to `out_dir` atomically; returns its manifest."""
+    """Write a complete dataset to `out_dir` atomically; returns its manifest. `restaurants`
+    overrides the scale's catalogue size (`catalogue_box` says where they go)."""
     if scale not in SCALES:
         raise MlsysError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}")
     sizes = SCALES[scale]
+    if restaurants is not None:
+        if restaurants < sizes.candidates:
+            raise MlsysError(
+                f"--restaurants {restaurants}: at least the {sizes.candidates} candidates a "
+                f"request of scale {scale!r} draws"
+            )
+        sizes = replace(sizes, restaurants=restaurants)
     started = time.perf_counter()
     with atomic_directory(Path(out_dir), force) as staging:
         (staging / "train").mkdir()
@@ -325,9 +360,7 @@ def _generate_into(
     write_feature_table(root / USERS_FILE, "user_id", users, USER_FEATURES)
     users10 = np.ascontiguousarray(users[:, :10])
     del users
-    restaurants = draw_entity_features(rs, sizes.restaurants, len(RESTAURANT_FEATURES))
-    lat = rs.uniform(MIN_LAT, MAX_LAT, (sizes.restaurants, 1))[:, 0]
-    lng = rs.uniform(MIN_LNG, MAX_LNG, (sizes.restaurants, 1))[:, 0]
+    restaurants, lat, lng = draw_catalogue(rs, sizes.restaurants)
     write_feature_table(
         root / RESTAURANTS_FILE,
         "restaurant_id",

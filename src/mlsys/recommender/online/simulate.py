@@ -24,6 +24,13 @@ changes: its oracle is what was shown, so the oracle stays a limit a ranking can
 
 CTR here is clicks per impression, and an impression is one answered list (the unit the log
 and the assignment use); `item_ctr` is clicks per shown restaurant.
+
+New users (`--new-user-share S`): a share S of requests comes from a user the store has never
+seen (an id past the dataset's users, one per request), whose true taste is that of the
+request's own user: a newcomer drawn from the same population, whom the API can only answer
+with its cold-start profile. The result reports true CTR / oracle for known and new users
+side by side (`cohorts`), and how many new users got no answer. `--no-candidates` sends the
+requests without their candidate lists, so the API retrieves the restaurants in reach.
 """
 
 from __future__ import annotations
@@ -94,6 +101,23 @@ class ArmTally:
 
 
 @dataclass
+class Cohort:
+    """True CTR of what known or new users were shown, against the oracle's."""
+
+    answered: int = 0
+    refused: Counter[str] = field(default_factory=Counter)  # status -> count
+    expected: float = 0.0
+    oracle: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        n = max(self.answered, 1)
+        ratio = self.expected / self.oracle if self.oracle else None
+        return {"answered": self.answered, "refused": dict(self.refused),
+                "expected_ctr": self.expected / n, "oracle_ctr": self.oracle / n,
+                "ctr_over_oracle": ratio}  # fmt: skip
+
+
+@dataclass
 class Population:
     """What the simulator knows: requests as ready bodies, and the click rule's features."""
 
@@ -111,11 +135,15 @@ class Population:
         return out
 
 
-def load_population(data_dir: str | Path) -> Population:
+def load_population(data_dir: str | Path, candidates: bool = True) -> Population:
     from mlsys.recommender.data.dataset import open_dataset
 
     ds = open_dataset(data_dir)
-    return population_of(ds, ds.request_rows())
+    rows = ds.request_rows()
+    if not candidates:
+        for row in rows:
+            del row["candidate_restaurant_ids"]
+    return population_of(ds, rows)
 
 
 def population_of(ds: ClickDataset, rows: list[dict[str, Any]]) -> Population:
@@ -123,7 +151,7 @@ def population_of(ds: ClickDataset, rows: list[dict[str, Any]]) -> Population:
     bodies = [
         json.dumps(
             {k: row[k] for k in ("candidate_restaurant_ids", "latitude", "longitude", "size",
-                                 "max_dist", "sort_dist")},
+                                 "max_dist", "sort_dist") if k in row},
             separators=(",", ":"),
         ).encode()
         for row in rows
@@ -141,11 +169,14 @@ def _sigmoid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 async def _run(
-    url: str, population: Population, rate: float, duration: float, seed: int, timeout: float
-) -> dict[str, Any]:
+    url: str, population: Population, rate: float, duration: float, seed: int, timeout: float,
+    new_user_share: float = 0.0,
+) -> dict[str, Any]:  # fmt: skip
     import httpx
 
     order = np.random.default_rng(seed).permutation(len(population.bodies))
+    n_users = len(population.tastes)
+    cohorts: dict[str, Cohort] = {"known": Cohort(), "new": Cohort()}
     total = max(1, int(rate * duration))
     run = uuid.uuid4().hex[:8]
     arms: dict[str, ArmTally] = defaultdict(ArmTally)
@@ -179,7 +210,10 @@ async def _run(
         async def one(i: int) -> None:
             nonlocal done
             row = int(order[i % len(order)])
-            user = int(population.users[row])
+            truth = int(population.users[row])  # whose taste decides the clicks
+            new = bool(np.random.default_rng([seed, i, 1]).random() < new_user_share)
+            user = n_users + i if new else truth  # a newcomer: an id the store never saw
+            cohort = cohorts["new" if new else "known"]
             request_id = f"sim-{run}-{i}"
             sent = time.perf_counter()
             try:
@@ -194,6 +228,8 @@ async def _run(
             statuses[str(r.status_code)] += 1
             if r.status_code == 200:
                 latency.append((time.perf_counter() - sent) * 1e3)
+            else:
+                cohort.refused[str(r.status_code)] += 1
             arm = r.headers.get("x-arm", "champion")
             tally = arms[arm]
             tally.requests += 1
@@ -204,7 +240,7 @@ async def _run(
             answer = r.json()
             items = [int(x["id"]) for x in answer["restaurants"]]
             rng = np.random.default_rng([seed, i])
-            logit = population.logits(user, items)
+            logit = population.logits(truth, items)
             p = _sigmoid(logit)
             exam = examination(len(items))
             clicked = [it for it, c in zip(items, clicks(logit, rng), strict=True) if c]
@@ -213,6 +249,9 @@ async def _run(
             tally.expected += float(exam @ p)
             best = p if population.sort_dist[row] else np.sort(p)[::-1]
             tally.oracle += float(exam @ best)
+            cohort.answered += 1
+            cohort.expected += float(exam @ p)
+            cohort.oracle += float(exam @ best)
             credited = await asyncio.gather(
                 *(click(answer["answer_id"], user, it) for it in clicked)
             )
@@ -250,6 +289,8 @@ async def _run(
         "arms": {name: t.summary() for name, t in sorted(arms.items())},
         "oracle_ctr": oracle,
         "p95_ms": float(np.percentile(latency, 95)) if latency else None,
+        "new_user_share": new_user_share,
+        "cohorts": {name: c.summary() for name, c in cohorts.items()},
     }
 
 
@@ -261,13 +302,18 @@ def simulate(
     seed: int = 0,
     timeout: float = 5.0,
     population: Population | None = None,
+    new_user_share: float = 0.0,
+    candidates: bool = True,
 ) -> dict[str, Any]:
     """`population` (`load_population(data_dir)`) saves reading the world again when a caller
-    simulates it in many short runs."""
+    simulates it in many short runs. `candidates=False` sends no candidate lists."""
     if rate <= 0 or duration <= 0:
         raise MlsysError("--rate and --duration must be positive")
-    population = population or load_population(data_dir)
-    return asyncio.run(_run(url.rstrip("/"), population, rate, duration, seed, timeout))
+    if not 0.0 <= new_user_share <= 1.0:
+        raise MlsysError(f"--new-user-share {new_user_share}: a share, 0 to 1")
+    population = population or load_population(data_dir, candidates=candidates)
+    return asyncio.run(_run(url.rstrip("/"), population, rate, duration, seed, timeout,
+                            new_user_share))  # fmt: skip
 
 
 def print_summary(result: dict[str, Any]) -> None:
@@ -288,3 +334,9 @@ def print_summary(result: dict[str, Any]) -> None:
                   f"requests won {arm['preferred']}")  # fmt: skip
     print(f"oracle CTR over all impressions: {result['oracle_ctr']:.3f} "
           "(clicks per impression, examination 1/log2(1+position))")  # fmt: skip
+    if result["new_user_share"]:
+        for name, c in result["cohorts"].items():
+            ratio = c["ctr_over_oracle"]
+            print(f"{name} users: {c['answered']} answered, refused {c['refused'] or 'none'}; "
+                  f"true CTR {c['expected_ctr']:.3f}, oracle {c['oracle_ctr']:.3f}, "
+                  f"ratio {ratio if ratio is None else round(ratio, 3)}")  # fmt: skip

@@ -2,9 +2,13 @@
 feature updates, as handler objects that hold one worker's state.
 
 Request handling is: validate (422 naming the field, `api_schemas.py`) -> one Redis round trip
-(`online_store.OnlineStore.fetch`; 503 if Redis fails, 404 if the user is unknown) -> rank
-(`arms.py` under the rollout, `ranking.py`) -> JSON. Nothing about users or restaurants is
-cached in the process, so an update written to Redis is what the next request reads.
+(`online_store.OnlineStore`: `fetch` the caller's candidates, or without a list `retrieve` the
+restaurants near the user from the geo index; 503 if Redis fails) -> rank (`arms.py` under
+the rollout, `ranking.py`, with the funnel's cheap first stage when more than
+`first_stage_k` are in reach) -> JSON. A user the store does not know is ranked with the
+cold-start profile (`X-Cold-Start: user`, counted, and marked in the impression). Nothing
+about users or restaurants is cached in the process, so an update written to Redis is what
+the next request reads.
 
 The Redis call is synchronous inside the async handler on purpose: one request's work is ~2 ms
 of CPU and a bounded (50 ms timeout) round trip, each worker process serves one request at a
@@ -89,8 +93,9 @@ class Recommend:
         )  # fmt: skip
         self.rollout = None if self.live.ref is None else self._follow_rollout()
         latency = metrics.shadow_latency.labels(self.model_name)
-        shadows = Shadows(self.events, metrics.shadow_requests, latency)
-        self.arms = Arms(shadows, settings.monitor_sample, settings.log_impressions)
+        k = settings.first_stage_k
+        shadows = Shadows(self.events, metrics.shadow_requests, latency, k)
+        self.arms = Arms(shadows, settings.monitor_sample, settings.log_impressions, k)
 
     def _follow_rollout(self) -> RolloutFollower[LiveModel[Model]]:
         """Follow the model name's rollout state; only a model served by registry alias has
@@ -128,14 +133,19 @@ class Recommend:
         request_id = answer_ids.mint()
         log["answer_id"] = request_id
         try:
-            rows = self.stores.store().fetch(user_id, query.candidate_ids)
+            store = self.stores.store()
+            if query.candidate_ids is None:
+                rows = store.retrieve(user_id, query.latitude, query.longitude, query.max_dist)
+            else:
+                rows = store.fetch(user_id, query.candidate_ids)
         except self.stores.errors as exc:
             self.failed(active, user_id, request_id)
             log["error"] = f"{type(exc).__name__}: {exc}"
             return m.unavailable(exc)
         m.feature_fetch.observe(time.perf_counter() - started)
-        if rows.user is None:
-            body = {"error": "unknown_user", "user_id": user_id, "message": "user not found"}
+        if rows.user is None:  # unknown, and the loaded namespace has no cold-start profile
+            body = {"error": "unknown_user", "user_id": user_id,
+                    "message": "user not found (and no cold-start profile loaded)"}  # fmt: skip
             return JSONResponse(body, status_code=404)
         champion = self.live.current
         try:
@@ -144,13 +154,15 @@ class Recommend:
             self.failed(active, user_id, request_id)
             raise
         ranking = got.ranking
-        m.candidates.labels("requested").inc(ranking.candidates)
+        retrieved = query.candidate_ids is None
+        m.candidates.labels("retrieved" if retrieved else "requested").inc(ranking.candidates)
         m.candidates.labels("unknown").inc(ranking.unknown)
         m.candidates.labels("too_far").inc(ranking.too_far)
         m.candidates.labels("returned").inc(len(ranking.ids))
         log.update(
             candidates=ranking.candidates, unknown=ranking.unknown, too_far=ranking.too_far,
             returned=len(ranking.ids), namespace=rows.namespace, model=got.label, arm=got.arm,
+            retrieved=retrieved, cold_start=rows.cold_start,
         )  # fmt: skip
         if self.settings.log_impressions:
             record = impression(
@@ -159,6 +171,7 @@ class Recommend:
                 teams=got.teams, arms_agree=got.arms_agree,
                 server_ms=(time.perf_counter() - started) * 1e3, reachable=got.reachable,
                 sample=got.sample, correlation_id=request.scope["state"]["request_id"],
+                cold_start="user" if rows.cold_start else "",
             )  # fmt: skip
             exposure = Exposure(request_id, user_id, got.arm, got.experiment, got.label,
                                 record["ids"], got.teams)  # fmt: skip
@@ -170,7 +183,11 @@ class Recommend:
         m.rollout_requests.labels(self.model_name, got.mode or "none", got.arm).inc()
         m.rollout_latency.labels(self.model_name, got.arm).observe(time.perf_counter() - started)
         headers = {"x-unknown-candidates": str(ranking.unknown), "x-model-version": got.label,
-                   "x-arm": got.arm, "x-answer-id": request_id}  # fmt: skip
+                   "x-arm": got.arm, "x-answer-id": request_id,
+                   "x-candidates": str(ranking.candidates)}  # fmt: skip
+        if rows.cold_start:
+            headers["x-cold-start"] = "user"
+            m.cold_start.labels("user").inc()
         if got.experiment:
             headers["x-experiment"] = got.experiment
         return Response(ranking.to_json(request_id), media_type="application/json",

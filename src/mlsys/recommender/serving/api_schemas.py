@@ -19,6 +19,10 @@ from mlsys.recommender.ranking import Query
 
 INT64_MAX = (1 << 63) - 1
 MAX_CANDIDATES = 10_000
+# Retrieval reads every restaurant of the cells within max_dist, so its radius bounds a
+# request's memory: 20 km is twice the kit's largest max_dist, ~31,000 rows (2 MB) at the
+# kit's density (docs/funnel.md).
+MAX_RETRIEVAL_DIST_M = 20_000.0
 # An entity id in a path: up to 18 digits, so always below int64's maximum; the same pattern
 # is what /openapi.json publishes.
 ID_PATTERN = r"u?([0-9]{1,18})"
@@ -44,12 +48,21 @@ STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
 
 class RecommendRequest(BaseModel):
     """The body of POST /recommend/{user_id}: validates requests and is what /openapi.json
-    publishes. Strict: a string is not a number, a bool not an id."""
+    publishes. Strict: a string is not a number, a bool not an id. Without candidates the
+    radius is bounded (`MAX_RETRIEVAL_DIST_M`), which the document says with if/then."""
 
-    model_config = STRICT
-    candidate_restaurant_ids: Annotated[list[Int64], INTEGRAL_ITEMS] = Field(
-        max_length=MAX_CANDIDATES
+    model_config = ConfigDict(
+        **STRICT,
+        json_schema_extra={
+            "if": {"properties": {"candidate_restaurant_ids": {"type": "null"}}},
+            "then": {"properties": {"max_dist": {"maximum": MAX_RETRIEVAL_DIST_M}}},
+        },
     )
+    candidate_restaurant_ids: Annotated[list[Int64], INTEGRAL_ITEMS] | None = Field(
+        default=None, max_length=MAX_CANDIDATES,
+        description="the restaurants to rank; absent or null: every restaurant within "
+        f"max_dist (then at most {MAX_RETRIEVAL_DIST_M:,.0f} m), retrieved from the geo index",
+    )  # fmt: skip
     latitude: float = Field(ge=-90, le=90, description="degrees, where the user is")
     longitude: float = Field(ge=-180, le=180, description="degrees")
     size: JsonInt = Field(default=20, ge=1, description="at most this many restaurants")
@@ -127,7 +140,16 @@ def parse_query(user_id: int, body: bytes, max_candidates: int = MAX_CANDIDATES)
     `max_candidates` may lower the published limit (Settings.max_candidates), never raise it.
     """
     req = parse_body(RecommendRequest, body)
-    if len(req.candidate_restaurant_ids) > max_candidates:
+    if req.candidate_restaurant_ids is None and req.max_dist > MAX_RETRIEVAL_DIST_M:
+        raise InvalidRequest(
+            "max_dist",
+            f"without candidate_restaurant_ids, at most {MAX_RETRIEVAL_DIST_M:,.0f} m "
+            "(the restaurants within it are read from the geo index)",
+        )
+    if (
+        req.candidate_restaurant_ids is not None
+        and len(req.candidate_restaurant_ids) > max_candidates
+    ):
         raise InvalidRequest(
             "candidate_restaurant_ids",
             f"has {len(req.candidate_restaurant_ids)} ids, at most {max_candidates} allowed",
@@ -148,7 +170,8 @@ _CREATE = Param("create", "query", {"enum": ["true", "false"]},
                 "add the entity if the store does not hold it", required=False)  # fmt: skip
 OPERATIONS = [
     Operation(
-        "/recommend/{user_id}", "POST", "Rank the candidates for a user",
+        "/recommend/{user_id}", "POST",
+        "Rank the candidates, or the restaurants near the user, for a user",
         request=RecommendRequest, response=RecommendResponse,
         errors=(404, 408, 413, 422, 503),
         params=[Param("user_id", "path", _ID_SCHEMA, "123 or u000123")],
@@ -157,7 +180,11 @@ OPERATIONS = [
                  "X-Arm": "champion, challenger or interleaved",
                  "X-Experiment": "the rollout experiment, when one runs",
                  "X-Answer-ID": "this answer's id, made by the server (also in the body)",
-                 "X-Unknown-Candidates": "candidates not in the store, skipped"},
+                 "X-Unknown-Candidates": "candidates not in the store, skipped",
+                 "X-Candidates": "restaurants considered: the request's list, or those "
+                                 "retrieved near the user",
+                 "X-Cold-Start": "user: the store does not know this user; ranked with the "
+                                 "cold-start profile (the mean user)"},
     ),
     Operation(
         "/feedback", "POST", "Record a click on a restaurant of an earlier answer",

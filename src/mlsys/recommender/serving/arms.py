@@ -56,7 +56,9 @@ class Shadows:
         events: EventLog,
         requests: Counter,  # by outcome: logged, failed
         latency: Histogram,  # scoring time, labelled with the model name already
+        first_stage_k: int = 0,
     ) -> None:
+        self.first_stage_k = first_stage_k
         self.events = events
         self.requests = requests
         self.latency = latency
@@ -75,7 +77,7 @@ class Shadows:
         """The challenger's ranking of the same candidates, after the answer has gone out."""
         began = time.perf_counter()
         try:
-            ranking = order(query, reach, challenger.model.scorer)
+            ranking = order(query, reach, challenger.model.scorer, self.first_stage_k)
             kept = self.events.shadow(
                 {
                     "request_id": request_id, "ts_ms": int(time.time() * 1000),
@@ -94,7 +96,11 @@ class Shadows:
 class Arms:
     """Applies a rollout state to one request (see the module docstring)."""
 
-    def __init__(self, shadows: Shadows, monitor_sample: float, log_impressions: bool) -> None:
+    def __init__(
+        self, shadows: Shadows, monitor_sample: float, log_impressions: bool,
+        first_stage_k: int = 0,
+    ) -> None:  # fmt: skip
+        self.first_stage_k = first_stage_k
         self.shadows = shadows
         self.monitor_sample = monitor_sample
         self.log_impressions = log_impressions
@@ -117,6 +123,9 @@ class Arms:
         sample = scored_sample(hash_id(request_id), reach, by.model.scorer, by.label)
         return replace(got, reachable=len(reach.ids), sample=sample)
 
+    def _order(self, query: Query, reach: Reachable, by: Served[Model]) -> Ranking:
+        return order(query, reach, by.model.scorer, self.first_stage_k)
+
     def monitored(self, request_id: str) -> bool:
         share = self.monitor_sample
         return share >= 1 or hash_id("monitor:" + request_id) % 10_000 < share * 10_000
@@ -130,13 +139,13 @@ class Arms:
         request_id: str,
     ) -> Answer:
         if active is None:
-            return Answer(order(query, reach, champion.model.scorer), Arm.CHAMPION, champion.label)
+            return Answer(self._order(query, reach, champion), Arm.CHAMPION, champion.label)
         state, challenger = active.state, active.challenger.current
         exp, mode, other = state.experiment, state.mode, challenger.label
         arm = arm_for(state, query.user_id, request_id)
         if arm is Arm.INTERLEAVED:
-            first = order(query, reach, champion.model.scorer)
-            second = order(query, reach, challenger.model.scorer)
+            first = self._order(query, reach, champion)
+            second = self._order(query, reach, challenger)
             merged, teams = interleave(first, second, query.size, seed=hash_id(request_id))
             return Answer(
                 merged, Arm.INTERLEAVED, f"{champion.label},{challenger.label}", teams=teams,
@@ -145,7 +154,7 @@ class Arms:
             )  # fmt: skip
         if arm is Arm.CHALLENGER:
             return Answer(
-                order(query, reach, challenger.model.scorer), Arm.CHALLENGER, challenger.label,
+                self._order(query, reach, challenger), Arm.CHALLENGER, challenger.label,
                 experiment=exp, mode=mode, challenger=other,
             )  # fmt: skip
         background = None
@@ -153,6 +162,6 @@ class Arms:
             background = self.shadows.task(request_id, query, reach, challenger, champion.label,
                                            state.experiment)  # fmt: skip
         return Answer(
-            order(query, reach, champion.model.scorer), Arm.CHAMPION, champion.label,
+            self._order(query, reach, champion), Arm.CHAMPION, champion.label,
             background=background, experiment=exp, mode=mode, challenger=other,
         )  # fmt: skip

@@ -32,6 +32,7 @@ class Metrics:
     (`platform/metrics.py`), so not at this module's import."""
 
     candidates: Counter
+    cold_start: Counter
     feature_fetch: Histogram
     feature_updates: Counter
     feature_store_errors: Counter
@@ -49,9 +50,9 @@ class Metrics:
         from mlsys.platform import metrics as m
 
         return cls(
-            m.CANDIDATES, m.FEATURE_FETCH, m.FEATURE_UPDATES, m.FEATURE_STORE_ERRORS, m.FEEDBACK,
-            m.IMPRESSIONS, m.LOG_RECORDS, m.LOG_BACKLOG, m.ROLLOUT_LATENCY, m.ROLLOUT_REQUESTS,
-            m.SHADOW_LATENCY, m.SHADOW_REQUESTS,
+            m.CANDIDATES, m.COLD_START, m.FEATURE_FETCH, m.FEATURE_UPDATES,
+            m.FEATURE_STORE_ERRORS, m.FEEDBACK, m.IMPRESSIONS, m.LOG_RECORDS, m.LOG_BACKLOG,
+            m.ROLLOUT_LATENCY, m.ROLLOUT_REQUESTS, m.SHADOW_LATENCY, m.SHADOW_REQUESTS,
         )  # fmt: skip
 
     def unavailable(self, exc: Exception, store: str = "feature_store") -> Response:

@@ -1,6 +1,11 @@
 """Single-entity writes to the online store: one user's or one restaurant's row, in the
 current namespace, seen by the very next request (the admin API and `mlsys features set`).
 
+A restaurant is also written into its H3 cell of the geo index (moved out of the old one if its
+location changed), so retrieval finds it on the next request: on one node in the same
+transaction as its row; in a cluster the cells lie in other slots, so they follow the row,
+the new cell before the old one (a reader may see it in both for a moment, never in neither).
+
 An update racing a reload lands in the old namespace and is lost with it; re-apply updates
 after a reload (`online_store.py`).
 """
@@ -8,18 +13,22 @@ after a reload (`online_store.py`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from mlsys.errors import MlsysError
-from mlsys.platform.redis_client import RedisClient
+from mlsys.platform.redis_client import RedisClient, is_cluster
 from mlsys.recommender.data.values import coordinate_problem, float32_problem
 from mlsys.recommender.model import RESTAURANT_FEATURES, USER_FEATURES
 from mlsys.recommender.ranking import FloatMatrix
+from mlsys.recommender.serving.geo_cells import CELL_DTYPE, cell_of
 from mlsys.recommender.serving.online_store import (
     RESTAURANT_DTYPE,
     USER_DTYPE,
     FeatureStoreError,
+    cell_key,
     current_namespace,
     restaurant_key,
     user_key,
@@ -125,6 +134,9 @@ def set_restaurant(
         None if features is None else _check_values("features", features, len(RESTAURANT_FEATURES))
     )
 
+    cluster = is_cluster(client)
+    cell_writes: list[tuple[str, bytes, bytes]] = []
+
     def update(pipe: RedisClient) -> None:
         old = pipe.get(key)
         if old is None and not create:
@@ -149,8 +161,54 @@ def set_restaurant(
             row["latitude"][0] = latitude
         if longitude is not None:
             row["longitude"][0] = longitude
+        cell_writes[:] = _cell_writes(ns, restaurant_id, old, row)
         pipe.multi()
         pipe.set(key, row.tobytes())
+        if not cluster:  # one node: the row and its cells in one transaction
+            for cell, rid, record in cell_writes:
+                pipe.eval(CELL_WRITE, 1, cell, rid, record)
 
     client.transaction(update, key)
+    if cluster:  # the cells lie in other slots: the new one first, so it is never in neither
+        for cell, rid, record in cell_writes:
+            client.eval(CELL_WRITE, 1, cell, rid, record)
     return key
+
+
+# The geo index's cells hold packed rows (`geo_cells.CELL_DTYPE`, 64 bytes, the id first):
+# replace the row with this id, or append it, or with an empty record remove it.
+CELL_WRITE = """
+local blob = redis.call('GET', KEYS[1]) or ''
+local at = nil
+for i = 1, #blob, 64 do
+  if string.sub(blob, i, i + 7) == ARGV[1] then at = i break end
+end
+if at then
+  blob = string.sub(blob, 1, at - 1) .. ARGV[2] .. string.sub(blob, at + 64)
+elseif #ARGV[2] > 0 then
+  blob = blob .. ARGV[2]
+else
+  return 0
+end
+if #blob == 0 then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], blob) end
+return 1
+"""
+
+
+def _cell_writes(
+    ns: str, restaurant_id: int, old: bytes | None, row: npt.NDArray[Any]
+) -> list[tuple[str, bytes, bytes]]:
+    """(cell key, id as 8 bytes, record or b"" to remove) for the restaurant's cells."""
+    record = np.zeros(1, dtype=CELL_DTYPE)
+    record["id"] = restaurant_id
+    for name in ("features", "latitude", "longitude"):
+        record[name] = row[name]
+    rid = record["id"].tobytes()
+    new_cell = cell_of(float(row["latitude"][0]), float(row["longitude"][0]))
+    writes = [(cell_key(ns, new_cell), rid, record.tobytes())]
+    if old is not None:
+        before = np.frombuffer(old, dtype=RESTAURANT_DTYPE)
+        old_cell = cell_of(float(before["latitude"][0]), float(before["longitude"][0]))
+        if old_cell != new_cell:
+            writes.append((cell_key(ns, old_cell), rid, b""))
+    return writes

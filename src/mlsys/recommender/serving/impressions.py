@@ -158,6 +158,7 @@ def impression(
     reachable: int,
     sample: ScoredSample | None,
     correlation_id: str = "",
+    cold_start: str = "",
 ) -> LogRecord:
     return {
         "request_id": request_id,
@@ -179,7 +180,9 @@ def impression(
         "size": query.size,
         "max_dist": query.max_dist,
         "sort_dist": query.sort_dist,
-        "candidates": len(query.candidate_ids),
+        "candidates": ranking.candidates,
+        "retrieved": query.candidate_ids is None,  # no list: read from the geo index
+        "cold_start": cold_start,  # "user": ranked with the cold-start profile
         "reachable": reachable,
         "server_ms": round(server_ms, 3),
         **(sample or {}),

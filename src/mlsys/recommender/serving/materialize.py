@@ -19,12 +19,15 @@ import numpy.typing as npt
 
 from mlsys.files import JsonIn
 from mlsys.platform.redis_client import RedisClient, is_cluster, key_slot
+from mlsys.recommender.serving.geo_cells import CELL_DTYPE, cell_of
 from mlsys.recommender.serving.online_store import (
     NAMESPACES_KEY,
     POINTER_KEY,
     RESTAURANT_DTYPE,
     SEQ_KEY,
     USER_DTYPE,
+    cell_key,
+    cold_user_key,
     current_namespace,
     decode,
     restaurant_key,
@@ -35,7 +38,7 @@ from mlsys.recommender.serving.online_store import (
 _CLUSTER_WINDOW = 1_000_000  # keys grouped by slot at a time: bounded memory, big MSETs
 
 
-def _write(
+def write_rows(
     client: RedisClient, key_of: Callable[[int], str], rows: npt.NDArray[Any], batch: int, bar: Any
 ) -> None:
     """MSETs of up to `batch` keys, pipelined a few per round trip to keep Redis busy; keys are
@@ -74,6 +77,48 @@ def _write(
         pipe.execute()
 
 
+def cold_start_profile(users: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """What a user the store does not know is ranked as: the mean user. The baseline of cold
+    start (a new user's features are unknown, and the mean minimises the squared error of
+    guessing them); its true CTR beside known users' is in docs/funnel.md."""
+    profile = np.empty(1, dtype=USER_DTYPE)
+    profile["features"][0] = users["features"].mean(axis=0, dtype=np.float64)
+    return profile
+
+
+def write_geo_index(
+    client: RedisClient, ns: str, restaurants: npt.NDArray[Any], progress: bool = True
+) -> int:
+    """The cells of `geo_cells.py`: each restaurant's row, with its id, in its cell's key.
+    Returns the number of cells written."""
+    from tqdm import tqdm
+
+    n = len(restaurants)
+    rows = np.empty(n, dtype=CELL_DTYPE)
+    rows["id"] = np.arange(n)
+    rows["features"] = restaurants["features"]
+    rows["latitude"] = restaurants["latitude"]
+    rows["longitude"] = restaurants["longitude"]
+    lat, lon = restaurants["latitude"].tolist(), restaurants["longitude"].tolist()
+    cells = np.fromiter(
+        ((band << 20) | column
+         for band, column in map(cell_of, tqdm(lat, unit="row", desc=f"geo index {ns}",
+                                               disable=not progress), lon)),
+        dtype=np.int64, count=n,
+    )  # fmt: skip
+    order = np.argsort(cells, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(cells[order]) != 0])
+    ends = np.r_[starts[1:], n]
+    pipe = client.pipeline(transaction=False)
+    for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        code = int(cells[order[start]])
+        pipe.set(cell_key(ns, (code >> 20, code & 0xFFFFF)), rows[order[start:end]].tobytes())
+        if i % 1_000 == 999:
+            pipe.execute()
+    pipe.execute()
+    return len(starts)
+
+
 def materialize(
     data_dir: str | Path,
     client: RedisClient,
@@ -105,8 +150,10 @@ def materialize(
     with tqdm(
         total=total, unit="key", unit_scale=True, desc=f"load {ns}", disable=not progress
     ) as bar:
-        _write(client, partial(user_key, ns), users, batch, bar)
-        _write(client, partial(restaurant_key, ns), restaurants, batch, bar)
+        write_rows(client, partial(user_key, ns), users, batch, bar)
+        write_rows(client, partial(restaurant_key, ns), restaurants, batch, bar)
+    client.set(cold_user_key(ns), cold_start_profile(users).tobytes())
+    cells = write_geo_index(client, ns, restaurants, progress)
 
     manifest = dataset.manifest or {}
     files = manifest.get("files", {})
@@ -123,7 +170,7 @@ def materialize(
                 "sha256"
             ),
         },
-        "counts": {"users": len(users), "restaurants": len(restaurants)},
+        "counts": {"users": len(users), "restaurants": len(restaurants), "geo_cells": cells},
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "read_seconds": round(read_s, 2),
         "load_seconds": round(time.perf_counter() - started, 2),

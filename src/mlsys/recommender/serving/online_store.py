@@ -9,7 +9,10 @@ Why Redis, and why this layout (measurements in docs/serving-report.md):
   so decoding 1,000 rows is one `b"".join` plus one `np.frombuffer`, with no per-field parsing.
 
       <ns>:u:<user_id>                 30 x float32 (f00..f29)                        120 bytes
+      <ns>:u:cold                      the cold-start profile (the mean user), same layout
       <ns>:r:{r<bucket>}:<restaurant_id>  10 x float32, float64 lat, float64 lon     56 bytes
+      <ns>:c:{g<block>}:<band>.<col>   the geo index: the cell's restaurants, 64 bytes each
+                                       (int64 id + the restaurant's 56), `geo_cells.py`
       <ns>:meta                        JSON: schema, source dataset and checksum, counts, created_at
 
   float32 features are exact (the parquet columns hold float32-rounded doubles) and coordinates
@@ -24,9 +27,15 @@ Why Redis, and why this layout (measurements in docs/serving-report.md):
   `OnlineStore.fetch` for how each mode also never reads a namespace that is being deleted.
   Old namespaces, and half-written ones from crashed loads, are deleted with SCAN + UNLINK
   right after the switch (`keep=1`), so Redis holds two copies only while a reload runs.
+- Retrieval (a request without candidates, `OnlineStore.retrieve`) reads the grid cells
+  around the user in the same single round trip; why this grid, and not GEOSEARCH or H3, is
+  in `geo_cells.py`.
+- A user the store does not know is ranked with the cold-start profile, read in the same
+  round trip; `Rows.cold_start` says so (the API's `X-Cold-Start: user`).
 - Single-entity updates (`entity_updates.py`) overwrite one key in the current
-  namespace, so the very next request sees them. An update racing a reload lands in the old
-  namespace and is lost with it; re-apply updates after a reload.
+  namespace (a restaurant also in its cell), so the very next request sees them. An update
+  racing a reload lands in the old namespace and is lost with it; re-apply updates after a
+  reload.
 """
 
 from __future__ import annotations
@@ -41,9 +50,17 @@ import numpy as np
 
 from mlsys.errors import MlsysError
 from mlsys.files import JsonIn
-from mlsys.platform.redis_client import Command, RedisClient, is_cluster, key_slot, on_nodes
+from mlsys.platform.redis_client import (
+    Command,
+    RedisClient,
+    is_cluster,
+    key_slot,
+    on_nodes,
+    quick_ack,
+)
 from mlsys.recommender.model import RESTAURANT_FEATURES, USER_FEATURES
-from mlsys.recommender.ranking import Rows
+from mlsys.recommender.ranking import FloatMatrix, Rows
+from mlsys.recommender.serving import geo_cells
 
 POINTER_KEY = "mlsys:features:current"
 SEQ_KEY = "mlsys:features:seq"
@@ -85,6 +102,15 @@ def schema() -> JsonIn:
                 + [["latitude", "float64"], ["longitude", "float64"]],
                 "bytes": RESTAURANT_DTYPE.itemsize,
             },
+            "cold_start_user": {"key": "<ns>:u:cold", "as": "user", "value": "the mean user"},
+            "geo_cell": {
+                "key": "<ns>:c:{g<band/32>.<column at the finest width/32>}:<band>.<column>",
+                "grid": "geo_cells.py: bands of 360/2^15 degrees, columns 2^m bands wide",
+                "fields": [["restaurant_id", "int64"]]
+                + [[name, "float32"] for name in RESTAURANT_FEATURES]
+                + [["latitude", "float64"], ["longitude", "float64"]],
+                "bytes": geo_cells.CELL_DTYPE.itemsize,
+            },
         },
     }
 
@@ -110,6 +136,15 @@ def user_key(ns: str, user_id: int) -> str:
 
 def restaurant_prefix(ns: str, bucket: int) -> str:
     return f"{ns}:r:{{r{bucket}}}:"
+
+
+def cold_user_key(ns: str) -> str:
+    """The cold-start profile: what a user the store does not know is ranked as."""
+    return f"{ns}:u:cold"
+
+
+def cell_key(ns: str, cell: tuple[int, int]) -> str:
+    return f"{ns}:c:{geo_cells.cell_suffix(*cell)}"
 
 
 def restaurant_key(ns: str, restaurant_id: int) -> str:
@@ -152,25 +187,39 @@ class OnlineStore:
         return ns
 
     def fetch(self, user_id: int, candidate_ids: Sequence[int]) -> Rows:
+        """The user's row (or the cold-start profile) and the candidates' rows, by id."""
+        return self._read(user_id, _ById(candidate_ids))
+
+    def retrieve(self, user_id: int, latitude: float, longitude: float, max_dist: float) -> Rows:
+        """The user's row (or the cold-start profile) and every restaurant of the cells that
+        may hold one within `max_dist` (`geo_cells.covering`); the caller filters by exact
+        distance."""
+        cells = geo_cells.covering_suffixes(latitude, longitude, max_dist)
+        return self._read(user_id, _ByCell(cells))
+
+    def _read(self, user_id: int, wanted: _Wanted) -> Rows:
         ns = self._ns or self.namespace()
         read = self._read_cluster if self._cluster else self._read_node
         for _ in range(3):
-            pointer, user, blobs = read(ns, user_id, candidate_ids)
-            if pointer == ns and self._cluster and (user is None or None in blobs):
+            pointer, user, cold, blobs = read(ns, user_id, wanted)
+            # In a cluster a missing key may be one a reload's prune deleted meanwhile; the
+            # cold-start profile exists in every namespace, so its absence says so for cells
+            # (an empty cell is no key at all, and most coverings have some).
+            stale = user is None or cold is None or (isinstance(wanted, _ById) and None in blobs)
+            if pointer == ns and self._cluster and stale:
                 pointer = current_namespace(self.client)
             if pointer is None:
                 raise FeatureStoreError("the online store is empty: run `mlsys features load`")
             if pointer == ns:
-                return _rows(ns, user, blobs)
+                return wanted.rows(ns, user, cold, blobs, dedupe=self._cluster)
             ns = self._ns = pointer
         raise FeatureStoreError(  # pragma: no cover - three reloads within one request
             "the feature namespace kept changing; try again"
         )
 
-    def _read_node(
-        self, ns: str, user_id: int, candidate_ids: Sequence[int]
-    ) -> tuple[str | None, bytes | None, list[bytes | None]]:
-        """MULTI; GET pointer; GET user; MGET candidates; EXEC as one buffer on one socket.
+    def _read_node(self, ns: str, user_id: int, wanted: _Wanted) -> _Replies:
+        """MULTI; GET pointer; GET user; GET cold-start profile; MGET rows; EXEC as one buffer
+        on one socket.
 
         redis-py would pack the MGET's 1,000 keys in Python and hand the kernel several
         buffers (a profile under load put a third of the worker's CPU there); the keys' RESP
@@ -179,18 +228,22 @@ class OnlineStore:
         keys = self._keys if self._keys is not None and self._keys.ns == ns else _Keys(ns)
         self._keys = keys
         user = user_key(ns, user_id).encode()
-        parts = [_MULTI, _GET_POINTER, b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(user), user)]
-        if candidate_ids:
-            parts.append(b"*%d\r\n$4\r\nMGET\r\n" % (len(candidate_ids) + 1))
-            parts.append(keys.join(candidate_ids))
+        cold = cold_user_key(ns).encode()
+        parts = [_MULTI, _GET_POINTER, b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(user), user),
+                 b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(cold), cold)]  # fmt: skip
+        n = len(wanted)
+        if n:
+            parts.append(b"*%d\r\n$4\r\nMGET\r\n" % (n + 1))
+            parts.append(wanted.encoded(keys))
         parts.append(_EXEC)
-        queued = len(parts) - 2 - (1 if candidate_ids else 0)  # MULTI's OK, then one QUEUED each
+        queued = len(parts) - 2 - (1 if n else 0)  # MULTI's OK, then one QUEUED each
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
             conn.send_packed_command([b"".join(parts)], check_health=False)
             for _ in range(queued + 1):
                 conn.read_response()
+            quick_ack(conn)  # the rows: many values, read without the delayed-ACK stall
             replies = conn.read_response()
         except BaseException:
             conn.disconnect()  # a reply half read would answer the next request
@@ -199,34 +252,132 @@ class OnlineStore:
             pool.release(conn)
         if not isinstance(replies, list) or any(isinstance(r, Exception) for r in replies):
             raise FeatureStoreError(f"the store answered the read with {replies!r:.200}")
-        return decode(replies[0]), replies[1], replies[2] if candidate_ids else []
+        return decode(replies[0]), replies[1], replies[2], replies[3] if n else []
 
-    def _read_cluster(
-        self, ns: str, user_id: int, candidate_ids: Sequence[int]
-    ) -> tuple[str | None, bytes | None, list[bytes | None]]:
-        ukey = user_key(ns, user_id)
+    def _read_cluster(self, ns: str, user_id: int, wanted: _Wanted) -> _Replies:
+        """The same reads in one parallel round, a batch per node (`on_nodes`): one MGET per
+        hash tag, and the rows put back in the order asked."""
+        ukey, ckey = user_key(ns, user_id), cold_user_key(ns)
         groups: list[tuple[int, Command]] = [
             (_POINTER_SLOT, ("GET", POINTER_KEY)),
             (key_slot(ukey), ("GET", ukey)),
+            (key_slot(ckey), ("GET", ckey)),
         ]
-        ids = np.asarray(candidate_ids, dtype=np.int64)
+        batches, inverse = wanted.by_slot(ns)
+        groups += [(slot, ("MGET", *keys)) for slot, keys in batches]
+        replies = on_nodes(self.client, groups)
+        in_batches = [blob for reply in replies[3:] for blob in reply]
+        blobs = list(map(in_batches.__getitem__, inverse))
+        return decode(replies[0]), replies[1], replies[2], blobs
+
+
+_Replies = tuple[str | None, bytes | None, bytes | None, list[bytes | None]]
+
+
+class _ById:
+    """The caller's candidates: one key each, in the request's order."""
+
+    def __init__(self, ids: Sequence[int]) -> None:
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def encoded(self, keys: _Keys) -> bytes:
+        return keys.join(self.ids)
+
+    def by_slot(self, ns: str) -> tuple[list[tuple[int, list[str]]], list[int]]:
+        """One MGET per bucket (hash tag), and where each id's reply lands among them."""
+        ids = np.asarray(self.ids, dtype=np.int64)
         buckets = ids % RESTAURANT_BUCKETS
         order = np.argsort(buckets, kind="stable")
         counts = np.bincount(buckets, minlength=RESTAURANT_BUCKETS)
         in_order = ids[order].tolist()
+        batches: list[tuple[int, list[str]]] = []
         start = 0
         for bucket in np.flatnonzero(counts).tolist():
             stop = start + int(counts[bucket])
             prefix = restaurant_prefix(ns, bucket)
-            keys = map(prefix.__add__, map(str, in_order[start:stop]))
-            groups.append((_BUCKET_SLOTS[bucket], ("MGET", *keys)))
+            batches.append((_BUCKET_SLOTS[bucket], [prefix + str(i) for i in in_order[start:stop]]))
             start = stop
-        replies = on_nodes(self.client, groups)
-        by_bucket = [blob for reply in replies[2:] for blob in reply]
         inverse = np.empty(len(ids), dtype=np.intp)
         inverse[order] = np.arange(len(ids))
-        blobs = list(map(by_bucket.__getitem__, inverse.tolist()))
-        return decode(replies[0]), replies[1], blobs
+        return batches, inverse.tolist()
+
+    def rows(
+        self, ns: str, user: bytes | None, cold: bytes | None, blobs: list[bytes | None],
+        dedupe: bool = False,
+    ) -> Rows:  # fmt: skip
+        profile, cold_start = _profile(user, cold)
+        n = len(blobs)
+        missing = blobs.count(None)
+        if missing:
+            known = np.fromiter(map(is_not, blobs, repeat(None)), dtype=bool, count=n)
+            ids = np.asarray(self.ids, dtype=np.int64)[known]
+            payload = b"".join(compress(blobs, known))  # type: ignore[arg-type]
+        else:
+            ids = np.asarray(self.ids, dtype=np.int64)
+            payload = b"".join(blobs)  # type: ignore[arg-type]
+        rows = np.frombuffer(payload, dtype=RESTAURANT_DTYPE)
+        return Rows(ns, profile, ids, rows["features"], rows["latitude"], rows["longitude"],
+                    missing, cold_start)  # fmt: skip
+
+
+class _ByCell:
+    """The covering's cells: one key each, holding that cell's restaurants as packed rows."""
+
+    def __init__(self, suffixes: list[str]) -> None:
+        self.suffixes = suffixes
+
+    def __len__(self) -> int:
+        return len(self.suffixes)
+
+    def encoded(self, keys: _Keys) -> bytes:
+        return b"".join(map(keys.cell, self.suffixes))
+
+    def by_slot(self, ns: str) -> tuple[list[tuple[int, list[str]]], list[int]]:
+        """One MGET per hash tag (the cells' 32 x 32 block)."""
+        by_tag: dict[str, list[int]] = {}
+        for i, suffix in enumerate(self.suffixes):
+            by_tag.setdefault(suffix[: suffix.index("}") + 1], []).append(i)
+        batches: list[tuple[int, list[str]]] = []
+        inverse = [0] * len(self.suffixes)
+        at = 0
+        for tag, members in by_tag.items():
+            batches.append((key_slot(tag), [f"{ns}:c:{self.suffixes[i]}" for i in members]))
+            for i in members:
+                inverse[i] = at
+                at += 1
+        return batches, inverse
+
+    def rows(
+        self, ns: str, user: bytes | None, cold: bytes | None, blobs: list[bytes | None],
+        dedupe: bool = False,
+    ) -> Rows:  # fmt: skip
+        """Concatenated in the covering's order, so a node and a cluster give
+        the same rows in the same order. In a cluster a restaurant being moved between cells
+        can be in both for a moment (the two cells' writes are not one transaction there):
+        the first copy is kept."""
+        profile, cold_start = _profile(user, cold)
+        rows = np.frombuffer(b"".join(b for b in blobs if b), dtype=geo_cells.CELL_DTYPE)
+        if dedupe and len(rows):
+            _, first = np.unique(rows["id"], return_index=True)
+            if len(first) < len(rows):
+                rows = rows[np.sort(first)]
+        return Rows(ns, profile, rows["id"], rows["features"], rows["latitude"],
+                    rows["longitude"], 0, cold_start)  # fmt: skip
+
+
+_Wanted = _ById | _ByCell
+
+
+def _profile(user: bytes | None, cold: bytes | None) -> tuple[FloatMatrix | None, bool]:
+    """The user's own features; else the cold-start profile, if the namespace has one."""
+    if user is not None:
+        return np.frombuffer(user, dtype=USER_DTYPE)["features"][0], False
+    if cold is not None:
+        return np.frombuffer(cold, dtype=USER_DTYPE)["features"][0], True
+    return None, False
 
 
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
@@ -244,7 +395,13 @@ class _Keys:
         self.ns = ns
         self.limit = limit
         self.prefixes = [restaurant_prefix(ns, b).encode() for b in range(RESTAURANT_BUCKETS)]
+        self.cell_prefix = f"{ns}:c:".encode()
         self.encoded: dict[int, bytes] = {}
+
+    def cell(self, suffix: str) -> bytes:
+        """A cell key's RESP encoding (`geo_cells.cell_suffix` after `<ns>:c:`)."""
+        key = self.cell_prefix + suffix.encode()
+        return b"$%d\r\n%s\r\n" % (len(key), key)
 
     def encode(self, restaurant_id: int) -> bytes:
         key = self.prefixes[restaurant_id % RESTAURANT_BUCKETS] + b"%d" % restaurant_id
@@ -260,29 +417,6 @@ class _Keys:
                     if len(self.encoded) < self.limit:
                         self.encoded[ids[i]] = part
         return b"".join(cast(list[bytes], parts))
-
-
-def _rows(ns: str, user_blob: bytes | None, blobs: list[bytes | None]) -> Rows:
-    user = None if user_blob is None else np.frombuffer(user_blob, dtype=USER_DTYPE)["features"][0]
-    n = len(blobs)
-    missing = blobs.count(None)
-    if missing:
-        known = np.fromiter(map(is_not, blobs, repeat(None)), dtype=bool, count=n)
-        positions = np.flatnonzero(known)
-        payload = b"".join(compress(blobs, known))  # type: ignore[arg-type]
-    else:
-        positions = np.arange(n)
-        payload = b"".join(blobs)  # type: ignore[arg-type]
-    rows = np.frombuffer(payload, dtype=RESTAURANT_DTYPE)
-    return Rows(
-        namespace=ns,
-        user=user,
-        positions=positions,
-        features=rows["features"],
-        latitude=rows["latitude"],
-        longitude=rows["longitude"],
-        unknown=missing,
-    )
 
 
 def iter_namespaces(client: RedisClient) -> Iterator[str]:
