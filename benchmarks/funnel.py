@@ -17,7 +17,9 @@ first `--requests` rows of requests.parquet are answered without their candidate
 and beside them, for the by-score requests, the full model on everything in reach
 (`exhaustive_ranknet_ms`), what the first stage saves.
 
-Recall@size of the funnel: for each by-score request, the share of the exact top `size`
+Completeness: for the first 50 requests, the restaurants in reach after retrieval equal the
+brute-force set (every restaurant of the catalogue within max_dist). Recall@size of the
+funnel: for each by-score request, the share of the exact top `size`
 (every reachable restaurant scored by the full model) that the funnel returns. Also per size:
 the rows read per request, the geo index's Redis memory (used_memory before and after
 writing it) and load time, and the alternative the index was chosen over: GEOSEARCH for the
@@ -155,6 +157,9 @@ def run_size(
         names = ("retrieval", "distance", "first_stage", "ranknet")
         stages: dict[str, list[float]] = {s: [] for s in names}
         read, reach_n, recall, geo_ms, cpu, exhaustive = [], [], [], [], [], []
+        complete = []  # retrieval's reach == brute force over the whole catalogue
+        from mlsys.recommender.geo import haversine_m
+
         kit_path, prefilter = [], []
         for r in requests:
             q = Query(
@@ -178,6 +183,11 @@ def run_size(
                 stages[name].append(t)
             read.append(len(got.ids))
             reach_n.append(len(reach.ids))
+            if len(complete) < 50:
+                d = haversine_m(q.latitude, q.longitude, rows["latitude"], rows["longitude"])
+                complete.append(
+                    set(np.flatnonzero(d <= q.max_dist).tolist()) == set(reach.ids.tolist())
+                )
             if not q.sort_dist:
                 exact, t_exact = timed(lambda q=q, reach=reach: order(q, reach, model.scorer))
                 exhaustive.append(t_exact)
@@ -237,6 +247,7 @@ def run_size(
         result["cpu_ms_per_request"] = percentiles(cpu)
         result["rows_read"] = percentiles(read)
         result["reachable"] = percentiles(reach_n)
+        result["retrieval_complete"] = {"requests": len(complete), "equal": int(sum(complete))}
         result["exhaustive_ranknet_ms"] = percentiles(exhaustive)  # by score, all in reach
         result["recall_at_size"] = {
             "mean": float(np.mean(recall)),

@@ -62,6 +62,10 @@ def test_the_document_covers_every_route_with_the_validating_models(app: Any) ->
         "title": "Latitude", "type": "number",
     }  # fmt: skip
     assert {"404", "413", "422", "503"} <= set(recommend["responses"])
+    # the candidate list is optional (retrieval), and then max_dist is bounded
+    assert "candidate_restaurant_ids" not in schema.get("required", [])
+    assert schema["then"]["properties"]["max_dist"]["maximum"] == 20_000
+    assert {"X-Cold-Start", "X-Candidates"} <= set(recommend["responses"]["200"]["headers"])
     not_ready = spec["paths"]["/readyz"]["get"]["responses"]["503"]["content"]
     assert not_ready["application/json"]["schema"] == {"$ref": "#/components/schemas/Readiness"}
 

@@ -120,3 +120,23 @@ def test_monitor_drift_says_when_no_window_is_complete_yet(
     client.delete(stream_key("impressions"), stream_key("clicks"))
     assert main(["monitor", "drift", "ranknet-monitor", "--redis", redis_server.url]) == 1
     assert "no monitored answers of ranknet-monitor in the log" in capsys.readouterr().err
+
+
+def test_answers_retrieved_without_a_list_are_not_judged_on_the_list_columns() -> None:
+    """candidates / reachable describe a caller's list (the reference replays the kit's), so a
+    window's retrieved answers are left out of those two columns; their scored rows count."""
+
+    def row(i: int, retrieved: bool) -> dict[str, Any]:
+        return {
+            "request_id": f"r{i}", "stream_id": f"1000-{i}", "ts_ms": 1000, "model": "m/1",
+            "sample_model": "m/1", "sample": [0.0] * 40, "sample_score": 0.5,
+            "sample_distance": 100.0, "candidates": 4000 if retrieved else 1000,
+            "reachable": 3000 if retrieved else 40, "retrieved": retrieved, "scores": [0.5],
+        }  # fmt: skip
+
+    builder = WindowBuilder(size=10)
+    builder.add([row(i, retrieved=i % 2 == 0) for i in range(10)], [])
+    (window,) = builder.complete(now_ms=10**9)
+    assert len(window.inputs["distance"]) == 10 and len(window.inputs["user_f00"]) == 10
+    assert window.inputs["candidates"].tolist() == [1000.0] * 5
+    assert window.inputs["reachable"].tolist() == [40.0] * 5

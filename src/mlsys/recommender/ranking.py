@@ -210,10 +210,12 @@ def first_stage(query: Query, reach: Reachable, scorer: Scorer, keep: int) -> Re
     the full model is to score.
 
     By score, it keeps the best by the same folded model in float32 (`Scorer.rough_logits`),
-    ~1.7x cheaper than the float64 scores, and the answer's scores stay the exact ones. The
-    cheaper scorers measured lose too much of the answer, because this RankNet uses its ReLU
-    broadly (docs/funnel.md: recall@size 0.56 for the model without its ReLU, 0.66 and 0.94
-    for its 32 and 64 most important hidden units, 1.0 for float32). By distance
+    1.3x cheaper than the float64 scores on the same rows, and the full model then scores
+    max(keep, size) of them exactly: 2.2-4.4x less than scoring all in reach at 100k-10M
+    restaurants (docs/funnel.md). Cheaper scorers lose too much of the answer, because this
+    RankNet uses its ReLU broadly (`benchmarks/first_stage.py`: recall@size 0.56 for the
+    model without its ReLU, 0.66 and 0.94 for its 32 and 64 most important hidden units, 1.0
+    for float32). By distance
     (`sort_dist`) nothing needs guessing: the `size` nearest are the answer, exactly, so only
     they are scored."""
     n = len(reach.ids)

@@ -6,9 +6,10 @@ version scored. Three things are judged per window, each with `platform/drift.py
 and thresholds calibrated for the window's size:
 
 - **features**: the 40 input features of the scored rows against `reference.parquet` (the
-  version's training pairs), and each request's candidates, reachable candidates and the
-  scored row's distance against `reference_requests.parquet`. A covariate shift shows here,
-  and names its features.
+  version's training pairs), and each request's candidates, reachable candidates (requests
+  with a candidate list only: retrieval reads the whole neighbourhood) and the scored row's
+  distance against `reference_requests.parquet`. A covariate shift shows here, and names its
+  features.
 - **prediction**: the scored rows' click probabilities against the reference's.
 - **outcome**: what users did with the answers the version gave alone (not interleaved):
   clicks per answer (`ctr`) and, per answer with clicks, the mean model score of the
@@ -114,9 +115,14 @@ class WindowBuilder:
         matrix = np.asarray([r["sample"] for r in rows], dtype=np.float64)
         inputs = {name: matrix[:, j] for j, name in enumerate(reference_columns())}
         inputs[PREDICTION] = np.asarray([r["sample_score"] for r in rows], dtype=np.float64)
-        for name, key in zip(REQUEST_COLUMNS, ("sample_distance", "candidates", "reachable"),
-                             strict=True):  # fmt: skip
-            inputs[name] = np.asarray([r[key] for r in rows], dtype=np.float64)
+        inputs["distance"] = np.asarray([r["sample_distance"] for r in rows], dtype=np.float64)
+        # How many candidates a request had and reached describes a caller's list; the
+        # reference replays requests.parquet's. Answers retrieved from the geo index (no list)
+        # read thousands, so they are left out of these two, and a window of mostly such
+        # answers is not judged on them (platform/drift.window_drift's min_share).
+        listed = [r for r in rows if not r.get("retrieved")]
+        for name in ("candidates", "reachable"):
+            inputs[name] = np.asarray([r[name] for r in listed], dtype=np.float64)
         alone = [r for r in rows if r["model"] == version]
         got = [self.clicked.pop(r["request_id"], []) for r in alone]
         scores = [
