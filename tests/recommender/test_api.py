@@ -161,6 +161,7 @@ def test_unknown_candidates_are_skipped_and_counted(client: TestClient) -> None:
         ("/recommend/1", body([1], longitude=181), "longitude"),
         ("/recommend/1", body([1], size=0), "size"),
         ("/recommend/1", body([1], size=2.5), "size"),
+        ("/recommend/1", body([1], size=2**64), "size"),  # past int64: the log could not hold it
         ("/recommend/1", body([1], max_dist=-1), "max_dist"),
         ("/recommend/1", {"latitude": LAT, "longitude": LON, "max_dist": 20_001}, "max_dist"),
         ("/recommend/1", body([1], sort_dist="yes"), "sort_dist"),

@@ -353,7 +353,13 @@ def test_exported_impressions_equal_the_200_answers_across_a_killed_worker(
     assert logged - answered <= failed  # at most answers that never arrived
     assert len(logged - answered) <= 4  # one in-flight request per connection, at most
     with httpx.Client(base_url=server.url, timeout=10) as http:
-        assert _recommend(http, 1).status_code == 200  # the server kept serving
+        # The server kept serving. A worker just restarted may answer its first request 503
+        # (Retry-After: 1) while it connects under load: once, in a fresh-clone CI run.
+        after = _recommend(http, 1)
+        if after.status_code == 503:
+            time.sleep(1)
+            after = _recommend(http, 1)
+        assert after.status_code == 200, after.text
         # The dead worker's live gauges went with it (its pid used to stay forever).
         info = [line for line in http.get("/metrics").text.splitlines()
                 if line.startswith("mlsys_model_info")]  # fmt: skip

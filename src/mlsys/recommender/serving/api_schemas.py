@@ -65,7 +65,9 @@ class RecommendRequest(BaseModel):
     )  # fmt: skip
     latitude: float = Field(ge=-90, le=90, description="degrees, where the user is")
     longitude: float = Field(ge=-180, le=180, description="degrees")
-    size: JsonInt = Field(default=20, ge=1, description="at most this many restaurants")
+    size: JsonInt = Field(
+        default=20, ge=1, le=INT64_MAX, description="at most this many restaurants"
+    )
     max_dist: float = Field(default=5000.0, ge=0, description="metres; farther ones are dropped")
     sort_dist: StrictBool = Field(default=False, description="by distance, not by score")
 
