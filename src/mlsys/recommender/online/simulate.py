@@ -211,7 +211,9 @@ async def _run(
             nonlocal done
             row = int(order[i % len(order)])
             truth = int(population.users[row])  # whose taste decides the clicks
-            new = bool(np.random.default_rng([seed, i, 1]).random() < new_user_share)
+            new = (
+                new_user_share > 0 and np.random.default_rng([seed, i, 1]).random() < new_user_share
+            )
             user = n_users + i if new else truth  # a newcomer: an id the store never saw
             cohort = cohorts["new" if new else "known"]
             request_id = f"sim-{run}-{i}"
