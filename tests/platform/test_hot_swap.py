@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mlsys.compose.stack import start_api, stop_process, wait_ready
+from mlsys.compose.stack import settle, start_api, stop_process, wait_ready
 from mlsys.platform.redis_server import free_port
 
 pytestmark = pytest.mark.integration
@@ -77,6 +77,9 @@ def test_a_server_follows_the_alias_between_requests_and_refuses_a_broken_versio
 
     try:
         wait_ready(url, proc, timeout_s=120)
+        # /readyz answers once one worker is up; the other, still loading under a busy CI,
+        # would load the second version directly and count no swap (seen once)
+        settle(proc.pid)
         sender = threading.Thread(target=traffic)
         sender.start()
         time.sleep(1.0)
