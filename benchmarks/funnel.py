@@ -50,6 +50,7 @@ from mlsys.platform.redis_client import connect
 from mlsys.platform.redis_server import RedisServer
 from mlsys.recommender.data.dataset import open_dataset
 from mlsys.recommender.data.generate import catalogue_box, draw_catalogue
+from mlsys.recommender.geo import haversine_m
 from mlsys.recommender.ranking import Query, first_stage, order, reachable
 from mlsys.recommender.serving.materialize import write_geo_index, write_rows
 from mlsys.recommender.serving.online_store import (
@@ -158,7 +159,6 @@ def run_size(
         stages: dict[str, list[float]] = {s: [] for s in names}
         read, reach_n, recall, geo_ms, cpu, exhaustive = [], [], [], [], [], []
         complete = []  # retrieval's reach == brute force over the whole catalogue
-        from mlsys.recommender.geo import haversine_m
 
         kit_path, prefilter = [], []
         for r in requests:
@@ -303,7 +303,6 @@ def covering_costs(requests: list[dict[str, Any]]) -> dict[str, Any]:
     except ImportError:
         out["h3"] = "not installed"
         return out
-    from mlsys.recommender.geo import haversine_m
 
     def h3_cover(r: dict[str, Any]) -> list[str]:
         origin = h3.latlng_to_cell(r["latitude"], r["longitude"], 8)

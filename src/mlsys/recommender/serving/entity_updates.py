@@ -1,7 +1,7 @@
 """Single-entity writes to the online store: one user's or one restaurant's row, in the
 current namespace, seen by the very next request (the admin API and `mlsys features set`).
 
-A restaurant is also written into its H3 cell of the geo index (moved out of the old one if its
+A restaurant is also written into its grid cell of the geo index (moved out of the old one if its
 location changed), so retrieval finds it on the next request: on one node in the same
 transaction as its row; in a cluster the cells lie in other slots, so they follow the row,
 the new cell before the old one (a reader may see it in both for a moment, never in neither).
@@ -23,12 +23,13 @@ from mlsys.platform.redis_client import RedisClient, is_cluster
 from mlsys.recommender.data.values import coordinate_problem, float32_problem
 from mlsys.recommender.model import RESTAURANT_FEATURES, USER_FEATURES
 from mlsys.recommender.ranking import FloatMatrix
-from mlsys.recommender.serving.geo_cells import CELL_DTYPE, cell_of
+from mlsys.recommender.serving.geo_cells import cell_of
 from mlsys.recommender.serving.online_store import (
     RESTAURANT_DTYPE,
     USER_DTYPE,
     FeatureStoreError,
     cell_key,
+    cell_records,
     current_namespace,
     restaurant_key,
     user_key,
@@ -199,10 +200,7 @@ def _cell_writes(
     ns: str, restaurant_id: int, old: bytes | None, row: npt.NDArray[Any]
 ) -> list[tuple[str, bytes, bytes]]:
     """(cell key, id as 8 bytes, record or b"" to remove) for the restaurant's cells."""
-    record = np.zeros(1, dtype=CELL_DTYPE)
-    record["id"] = restaurant_id
-    for name in ("features", "latitude", "longitude"):
-        record[name] = row[name]
+    record = cell_records([restaurant_id], row)
     rid = record["id"].tobytes()
     new_cell = cell_of(float(row["latitude"][0]), float(row["longitude"][0]))
     writes = [(cell_key(ns, new_cell), rid, record.tobytes())]

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from mlsys.files import JsonIn
 from mlsys.platform.redis_client import RedisClient, is_cluster, key_slot
-from mlsys.recommender.serving.geo_cells import CELL_DTYPE, cell_of
+from mlsys.recommender.serving.geo_cells import cell_of
 from mlsys.recommender.serving.online_store import (
     NAMESPACES_KEY,
     POINTER_KEY,
@@ -27,6 +27,7 @@ from mlsys.recommender.serving.online_store import (
     SEQ_KEY,
     USER_DTYPE,
     cell_key,
+    cell_records,
     cold_user_key,
     current_namespace,
     decode,
@@ -94,11 +95,7 @@ def write_geo_index(
     from tqdm import tqdm
 
     n = len(restaurants)
-    rows = np.empty(n, dtype=CELL_DTYPE)
-    rows["id"] = np.arange(n)
-    rows["features"] = restaurants["features"]
-    rows["latitude"] = restaurants["latitude"]
-    rows["longitude"] = restaurants["longitude"]
+    rows = cell_records(np.arange(n), restaurants)
     lat, lon = restaurants["latitude"].tolist(), restaurants["longitude"].tolist()
     cells = np.fromiter(
         ((band << 20) | column

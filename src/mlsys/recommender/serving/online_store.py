@@ -44,9 +44,10 @@ import json
 from collections.abc import Iterator, Sequence
 from itertools import compress, repeat
 from operator import is_not
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from mlsys.errors import MlsysError
 from mlsys.files import JsonIn
@@ -145,6 +146,15 @@ def cold_user_key(ns: str) -> str:
 
 def cell_key(ns: str, cell: tuple[int, int]) -> str:
     return f"{ns}:c:{geo_cells.cell_suffix(*cell)}"
+
+
+def cell_records(ids: npt.ArrayLike, restaurants: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Restaurant rows (`RESTAURANT_DTYPE`) as the geo index's cells hold them, id first."""
+    records = np.empty(len(restaurants), dtype=geo_cells.CELL_DTYPE)
+    records["id"] = ids
+    for name in ("features", "latitude", "longitude"):
+        records[name] = restaurants[name]
+    return records
 
 
 def restaurant_key(ns: str, restaurant_id: int) -> str:
